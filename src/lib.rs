@@ -1,0 +1,27 @@
+//! minisora: a small, runnable, from-scratch Sora-style text-to-video system.
+//!
+//! The pipeline follows OpenAI's Sora report, scaled down (see `README.md`):
+//! a video compression network and spacetime patches turn clips into tokens, a
+//! diffusion transformer denoises them conditioned on text, and a decoder and
+//! the [`video`] writers turn the result back into a clip.
+//!
+//! Stages built so far:
+//! - [`data::shapes_world`]: the procedural training world: caption grammar
+//!   ([`data::shapes_world::Scene`]), seeded caption sampler and renderer
+//!   ([`data::shapes_world::render`]).
+//! - [`data::clips`]: the on-disk clip folder format that `minisora data`
+//!   writes and training reads.
+//! - [`video`]: mp4 (FFmpeg), GIF, PNG contact sheets and PNG frame folders,
+//!   written atomically; a reader for anything FFmpeg decodes; conversion
+//!   between `u8` frames and `(B, C, T, H, W)` tensors.
+//!
+//! Frames at the I/O edge are [`video::Frames`]: `u8` arrays shaped
+//! `(T, H, W, 3)`. All randomness comes from an explicit seed through
+//! [`rng::Rng`], so the same seed gives the same bytes on every machine.
+
+pub mod data;
+pub mod error;
+pub mod rng;
+pub mod video;
+
+pub use error::{Error, Result};
