@@ -13,14 +13,18 @@ fn bench_render(c: &mut Criterion) {
     for (t, h, w) in [(16, 32, 32), (16, 64, 64), (32, 128, 128)] {
         let canvas = Canvas::new(t, h, w).unwrap();
         group.throughput(Throughput::Elements(t as u64));
-        group.bench_function(format!("{t}x{h}x{w}"), |b| b.iter(|| render(&scene, canvas, 1).unwrap()));
+        group.bench_function(format!("{t}x{h}x{w}"), |b| {
+            b.iter(|| render(&scene, canvas, 1).unwrap())
+        });
     }
     group.finish();
 }
 
 fn bench_io(c: &mut Criterion) {
     let scene = Scene::parse(PROMPT).unwrap();
-    let frames = render(&scene, Canvas::new(16, 64, 64).unwrap(), 1).unwrap().frames;
+    let frames = render(&scene, Canvas::new(16, 64, 64).unwrap(), 1)
+        .unwrap()
+        .frames;
     let dir = tempfile::tempdir().unwrap();
     let mut group = c.benchmark_group("video_16x64x64");
     group.throughput(Throughput::Elements(16));
@@ -33,7 +37,9 @@ fn bench_io(c: &mut Criterion) {
     }
     for name in ["clip.mp4", "clip.gif", "frames/"] {
         let path = dir.path().join(name);
-        group.bench_function(format!("read {name}"), |b| b.iter(|| video::read(&path, &ReadOptions::default()).unwrap()));
+        group.bench_function(format!("read {name}"), |b| {
+            b.iter(|| video::read(&path, &ReadOptions::default()).unwrap())
+        });
     }
     group.finish();
 }

@@ -34,9 +34,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Render a Shapes World clip of a prompt exactly, from its scene (no model)
-    #[command(after_help = "Examples:\n  minisora render \"a red circle moving right\" -o red.mp4\n  \
+    #[command(
+        after_help = "Examples:\n  minisora render \"a red circle moving right\" -o red.mp4\n  \
         minisora render \"a small blue square growing and a large yellow triangle moving up\" --seed 3 -o clip.gif\n  \
-        minisora render --random --seed 42 -o frames/")]
+        minisora render --random --seed 42 -o frames/"
+    )]
     Render(RenderArgs),
     /// Write a data set of random Shapes World clips with captions (resumes if interrupted)
     #[command(after_help = "Layout of DIR:\n  \
@@ -117,7 +119,9 @@ fn render(args: RenderArgs) -> Result<()> {
     };
     let scale = match args.scale {
         Some(k) => k,
-        None => 256usize.div_ceil(canvas.height.min(canvas.width)).clamp(1, 16),
+        None => 256usize
+            .div_ceil(canvas.height.min(canvas.width))
+            .clamp(1, 16),
     };
     let clip = shapes_world::render(&scene, canvas, args.seed)?;
     let options = WriteOptions {
@@ -126,7 +130,10 @@ fn render(args: RenderArgs) -> Result<()> {
     };
     video::write(&args.output, &clip.frames.view(), &options)?;
     println!("\"{scene}\" (seed {})", args.seed);
-    println!("wrote {}", video::describe(&args.output, &clip.frames.view(), &options));
+    println!(
+        "wrote {}",
+        video::describe(&args.output, &clip.frames.view(), &options)
+    );
     Ok(())
 }
 
@@ -139,7 +146,9 @@ fn data(args: DataArgs) -> Result<()> {
         ProgressStyle::with_template("{bar:40} {pos}/{len} clips  {per_sec}  eta {eta}")
             .context("progress bar template")?,
     );
-    let written = set.write(&args.output, args.count, |done| bar.set_position(done as u64))?;
+    let written = set.write(&args.output, args.count, |done| {
+        bar.set_position(done as u64)
+    })?;
     bar.finish_and_clear();
     println!(
         "{}: {} clips ({written} written now, {} already there), {} frames of {}x{} as {}",

@@ -38,7 +38,10 @@ fn read_caption(path: &Path) -> Result<String> {
     let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     match text.lines().map(str::trim).find(|l| !l.is_empty()) {
         Some(line) => Ok(line.to_string()),
-        None => Err(Error::Invalid(format!("{}: the caption file is empty", path.display()))),
+        None => Err(Error::Invalid(format!(
+            "{}: the caption file is empty",
+            path.display()
+        ))),
     }
 }
 
@@ -49,7 +52,10 @@ pub fn list(dir: &Path) -> Result<Vec<ClipEntry>> {
     let mut others: Vec<PathBuf> = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let path = entry.map_err(|e| Error::io(dir, e))?.path();
-        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if file_name.starts_with('.') {
             continue; // temporaries of interrupted writes, editor files
         }
@@ -64,15 +70,27 @@ pub fn list(dir: &Path) -> Result<Vec<ClipEntry>> {
         let candidates: Vec<&PathBuf> = others
             .iter()
             .filter(|p| {
-                let file_name = p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-                let stem = p.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default();
+                let file_name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default();
+                let stem = p
+                    .file_stem()
+                    .map(|s| s.to_string_lossy())
+                    .unwrap_or_default();
                 (p.is_dir() && file_name == name.as_str()) || (p.is_file() && stem == name.as_str())
             })
             .collect();
         let video = match candidates.as_slice() {
             [one] => (*one).clone(),
-            [] => invalid!("{}: no clip named \"{name}\" (a video file or frame folder) beside this caption", caption_path.display()),
-            many => invalid!("{}: several clips could be \"{name}\": {many:?}", caption_path.display()),
+            [] => invalid!(
+                "{}: no clip named \"{name}\" (a video file or frame folder) beside this caption",
+                caption_path.display()
+            ),
+            many => invalid!(
+                "{}: several clips could be \"{name}\": {many:?}",
+                caption_path.display()
+            ),
         };
         clips.push(ClipEntry {
             name,
@@ -138,14 +156,23 @@ impl ShapesWorldSet {
     /// clip is complete once its caption exists: it is written after the
     /// clip), so an interrupted run resumes. Calls `progress(done)` after each
     /// clip. Returns how many clips were written now.
-    pub fn write(&self, dir: &Path, count: usize, mut progress: impl FnMut(usize)) -> Result<usize> {
+    pub fn write(
+        &self,
+        dir: &Path,
+        count: usize,
+        mut progress: impl FnMut(usize),
+    ) -> Result<usize> {
         let canvas = Canvas::new(self.frames, self.height, self.width)?;
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let meta_path = dir.join("dataset.json");
         if meta_path.exists() {
             let text = fs::read_to_string(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
-            let old: ShapesWorldSet = serde_json::from_str(&text)
-                .map_err(|e| Error::Invalid(format!("{}: not a minisora dataset.json: {e}", meta_path.display())))?;
+            let old: ShapesWorldSet = serde_json::from_str(&text).map_err(|e| {
+                Error::Invalid(format!(
+                    "{}: not a minisora dataset.json: {e}",
+                    meta_path.display()
+                ))
+            })?;
             if &old != self {
                 invalid!(
                     "{} already holds a data set made with other settings ({}); use a new folder",
@@ -154,10 +181,14 @@ impl ShapesWorldSet {
                 );
             }
         } else {
-            let text = serde_json::to_string_pretty(self).map_err(|e| Error::Invalid(e.to_string()))?;
+            let text =
+                serde_json::to_string_pretty(self).map_err(|e| Error::Invalid(e.to_string()))?;
             fs::write(&meta_path, text + "\n").map_err(|e| Error::io(&meta_path, e))?;
         }
-        let options = WriteOptions { fps: self.fps, scale: 1 };
+        let options = WriteOptions {
+            fps: self.fps,
+            scale: 1,
+        };
         let mut written = 0;
         for i in 0..count {
             let caption_path = dir.join(format!("{}.txt", clip_name(i)));
@@ -167,7 +198,9 @@ impl ShapesWorldSet {
                 let clip = shapes_world::render(&scene, canvas, render_seed)?;
                 video::write(&video_path, &clip.frames.view(), &options)?;
                 let caption = scene.caption() + "\n";
-                atomic::write_file(&caption_path, |tmp| fs::write(tmp, &caption).map_err(|e| Error::io(tmp, e)))?;
+                atomic::write_file(&caption_path, |tmp| {
+                    fs::write(tmp, &caption).map_err(|e| Error::io(tmp, e))
+                })?;
                 written += 1;
             }
             progress(i + 1);

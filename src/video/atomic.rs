@@ -10,7 +10,10 @@ use crate::{Error, Result};
 /// keeping the extension. Fails if the folder does not exist.
 pub(crate) fn temp_path(path: &Path) -> Result<PathBuf> {
     let Some(name) = path.file_name() else {
-        return Err(Error::Invalid(format!("output path \"{}\" has no file name", path.display())));
+        return Err(Error::Invalid(format!(
+            "output path \"{}\" has no file name",
+            path.display()
+        )));
     };
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -19,12 +22,21 @@ pub(crate) fn temp_path(path: &Path) -> Result<PathBuf> {
     if !parent.is_dir() {
         return Err(Error::io(
             path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, format!("the folder \"{}\" does not exist", parent.display())),
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("the folder \"{}\" does not exist", parent.display()),
+            ),
         ));
     }
     let name = Path::new(name);
-    let stem = name.file_stem().unwrap_or(name.as_os_str()).to_string_lossy();
-    let ext = name.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    let stem = name
+        .file_stem()
+        .unwrap_or(name.as_os_str())
+        .to_string_lossy();
+    let ext = name
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
     Ok(parent.join(format!(".{stem}.minisora-tmp-{}{ext}", std::process::id())))
 }
 
@@ -61,7 +73,10 @@ mod tests {
     fn successful_write_replaces_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.bin");
-        write_file(&path, |tmp| fs::write(tmp, b"new").map_err(|e| Error::io(tmp, e))).unwrap();
+        write_file(&path, |tmp| {
+            fs::write(tmp, b"new").map_err(|e| Error::io(tmp, e))
+        })
+        .unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"new");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }

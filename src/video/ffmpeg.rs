@@ -37,7 +37,11 @@ fn err(path: &Path, what: &str, e: ff::Error) -> Error {
 fn pad_even(frames: &ArrayView4<u8>) -> Option<Frames> {
     let (t, h, w, c) = frames.dim();
     let (h2, w2) = (h + h % 2, w + w % 2);
-    ((h2, w2) != (h, w)).then(|| Array4::from_shape_fn((t, h2, w2, c), |(f, y, x, ch)| frames[[f, y.min(h - 1), x.min(w - 1), ch]]))
+    ((h2, w2) != (h, w)).then(|| {
+        Array4::from_shape_fn((t, h2, w2, c), |(f, y, x, ch)| {
+            frames[[f, y.min(h - 1), x.min(w - 1), ch]]
+        })
+    })
 }
 
 /// Encodes `(T, H, W, 3)` as H.264 yuv420p in mp4 at `fps`. Odd sizes are
@@ -49,9 +53,18 @@ pub(super) fn write_mp4(path: &Path, frames: &ArrayView4<u8>, fps: f64) -> Resul
     let (t, h, w, _) = frames.dim();
     let codec = ff::encoder::find_by_name("libx264")
         .or_else(|| ff::encoder::find(ff::codec::Id::H264))
-        .ok_or_else(|| Error::video(path, "this FFmpeg has no H.264 encoder (install libavcodec with libx264)"))?;
-    let mut octx = ff::format::output_as(path, "mp4").map_err(|e| err(path, "cannot create the mp4 file", e))?;
-    let global_header = octx.format().flags().contains(ff::format::Flags::GLOBAL_HEADER);
+        .ok_or_else(|| {
+            Error::video(
+                path,
+                "this FFmpeg has no H.264 encoder (install libavcodec with libx264)",
+            )
+        })?;
+    let mut octx = ff::format::output_as(path, "mp4")
+        .map_err(|e| err(path, "cannot create the mp4 file", e))?;
+    let global_header = octx
+        .format()
+        .flags()
+        .contains(ff::format::Flags::GLOBAL_HEADER);
     let rate = ff::Rational::from(fps);
     let time_base = rate.invert();
 
@@ -70,14 +83,19 @@ pub(super) fn write_mp4(path: &Path, frames: &ArrayView4<u8>, fps: f64) -> Resul
     let mut opts = ff::Dictionary::new();
     opts.set("crf", CRF);
     opts.set("preset", "medium");
-    let mut encoder = enc.open_with(opts).map_err(|e| err(path, "cannot open the H.264 encoder", e))?;
+    let mut encoder = enc
+        .open_with(opts)
+        .map_err(|e| err(path, "cannot open the H.264 encoder", e))?;
     {
-        let mut ost = octx.add_stream(codec).map_err(|e| err(path, "cannot add a video stream", e))?;
+        let mut ost = octx
+            .add_stream(codec)
+            .map_err(|e| err(path, "cannot add a video stream", e))?;
         ost.set_parameters(&encoder);
         ost.set_time_base(time_base);
         ost.set_avg_frame_rate(rate);
     }
-    octx.write_header().map_err(|e| err(path, "cannot write the mp4 header", e))?;
+    octx.write_header()
+        .map_err(|e| err(path, "cannot write the mp4 header", e))?;
     let ost_time_base = octx.stream(0).map(|s| s.time_base()).unwrap_or(time_base);
 
     let mut scaler = ff::software::scaling::Context::get(
@@ -91,18 +109,21 @@ pub(super) fn write_mp4(path: &Path, frames: &ArrayView4<u8>, fps: f64) -> Resul
     )
     .map_err(|e| err(path, "cannot convert RGB to YUV", e))?;
 
-    let drain = |encoder: &mut ff::encoder::Video, octx: &mut ff::format::context::Output| -> Result<()> {
-        let mut packet = ff::Packet::empty();
-        while encoder.receive_packet(&mut packet).is_ok() {
-            packet.set_stream(0);
-            if packet.duration() == 0 {
-                packet.set_duration(1);
+    let drain =
+        |encoder: &mut ff::encoder::Video, octx: &mut ff::format::context::Output| -> Result<()> {
+            let mut packet = ff::Packet::empty();
+            while encoder.receive_packet(&mut packet).is_ok() {
+                packet.set_stream(0);
+                if packet.duration() == 0 {
+                    packet.set_duration(1);
+                }
+                packet.rescale_ts(time_base, ost_time_base);
+                packet
+                    .write_interleaved(octx)
+                    .map_err(|e| err(path, "cannot write a packet", e))?;
             }
-            packet.rescale_ts(time_base, ost_time_base);
-            packet.write_interleaved(octx).map_err(|e| err(path, "cannot write a packet", e))?;
-        }
-        Ok(())
-    };
+            Ok(())
+        };
 
     let mut rgb = ff::frame::Video::new(ff::format::Pixel::RGB24, w as u32, h as u32);
     for f in 0..t {
@@ -117,14 +138,21 @@ pub(super) fn write_mp4(path: &Path, frames: &ArrayView4<u8>, fps: f64) -> Resul
             }
         }
         let mut yuv = ff::frame::Video::empty();
-        scaler.run(&rgb, &mut yuv).map_err(|e| err(path, "cannot convert RGB to YUV", e))?;
+        scaler
+            .run(&rgb, &mut yuv)
+            .map_err(|e| err(path, "cannot convert RGB to YUV", e))?;
         yuv.set_pts(Some(f as i64));
-        encoder.send_frame(&yuv).map_err(|e| err(path, "cannot encode a frame", e))?;
+        encoder
+            .send_frame(&yuv)
+            .map_err(|e| err(path, "cannot encode a frame", e))?;
         drain(&mut encoder, &mut octx)?;
     }
-    encoder.send_eof().map_err(|e| err(path, "cannot flush the encoder", e))?;
+    encoder
+        .send_eof()
+        .map_err(|e| err(path, "cannot flush the encoder", e))?;
     drain(&mut encoder, &mut octx)?;
-    octx.write_trailer().map_err(|e| err(path, "cannot finish the mp4 file", e))?;
+    octx.write_trailer()
+        .map_err(|e| err(path, "cannot finish the mp4 file", e))?;
     Ok(())
 }
 
@@ -132,7 +160,8 @@ pub(super) fn write_mp4(path: &Path, frames: &ArrayView4<u8>, fps: f64) -> Resul
 /// `(T, H, W, 3)`, optionally resized to `(height, width)`.
 pub(super) fn read(path: &Path, size: Option<(usize, usize)>) -> Result<Frames> {
     init();
-    let mut ictx = ff::format::input(path).map_err(|e| err(path, "not a video FFmpeg can read", e))?;
+    let mut ictx =
+        ff::format::input(path).map_err(|e| err(path, "not a video FFmpeg can read", e))?;
     let stream = ictx
         .streams()
         .best(ff::media::Type::Video)
@@ -155,7 +184,10 @@ pub(super) fn read(path: &Path, size: Option<(usize, usize)>) -> Result<Frames> 
         while decoder.receive_frame(&mut decoded).is_ok() {
             let (fw, fh, fmt) = (decoded.width(), decoded.height(), decoded.format());
             if fw != src_w || fh != src_h {
-                return Err(Error::video(path, format!("frame size changes mid-stream ({src_w}x{src_h} to {fw}x{fh})")));
+                return Err(Error::video(
+                    path,
+                    format!("frame size changes mid-stream ({src_w}x{src_h} to {fw}x{fh})"),
+                ));
             }
             let sws = match scaler.as_mut() {
                 Some(s) => s,
@@ -173,7 +205,8 @@ pub(super) fn read(path: &Path, size: Option<(usize, usize)>) -> Result<Frames> 
                 ),
             };
             let mut rgb = ff::frame::Video::empty();
-            sws.run(&decoded, &mut rgb).map_err(|e| err(path, "cannot convert a frame to RGB", e))?;
+            sws.run(&decoded, &mut rgb)
+                .map_err(|e| err(path, "cannot convert a frame to RGB", e))?;
             let stride = rgb.stride(0);
             let data = rgb.data(0);
             for y in 0..out_h {
@@ -184,16 +217,24 @@ pub(super) fn read(path: &Path, size: Option<(usize, usize)>) -> Result<Frames> 
         Ok(())
     };
 
-    for (n, packet) in ictx.packets().filter(|(s, _)| s.index() == index).map(|(_, p)| p).enumerate() {
+    for (n, packet) in ictx
+        .packets()
+        .filter(|(s, _)| s.index() == index)
+        .map(|(_, p)| p)
+        .enumerate()
+    {
         decoder
             .send_packet(&packet)
             .map_err(|e| err(path, &format!("cannot decode video packet {n}"), e))?;
         receive(&mut decoder)?;
     }
-    decoder.send_eof().map_err(|e| err(path, "cannot flush the decoder", e))?;
+    decoder
+        .send_eof()
+        .map_err(|e| err(path, "cannot flush the decoder", e))?;
     receive(&mut decoder)?;
     if count == 0 {
         return Err(Error::video(path, "no frame could be decoded"));
     }
-    Array4::from_shape_vec((count, out_h, out_w, 3), pixels).map_err(|e| Error::video(path, e.to_string()))
+    Array4::from_shape_vec((count, out_h, out_w, 3), pixels)
+        .map_err(|e| Error::video(path, e.to_string()))
 }

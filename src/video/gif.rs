@@ -27,7 +27,9 @@ pub(super) fn write(path: &Path, frames: &ArrayView4<u8>, fps: f64) -> Result<()
             let p = |c| frames[[f, y as usize, x as usize, c]];
             image::Rgba([p(0), p(1), p(2), 255])
         });
-        encoder.encode_frame(Frame::from_parts(img, 0, 0, delay)).map_err(gif_err)?;
+        encoder
+            .encode_frame(Frame::from_parts(img, 0, 0, delay))
+            .map_err(gif_err)?;
     }
     Ok(())
 }
@@ -35,7 +37,11 @@ pub(super) fn write(path: &Path, frames: &ArrayView4<u8>, fps: f64) -> Result<()
 pub(super) fn read(path: &Path, size: Option<(usize, usize)>) -> Result<Frames> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let bad = |e: image::ImageError| Error::video(path, format!("not a readable GIF: {e}"));
-    let decoded = GifDecoder::new(BufReader::new(file)).map_err(bad)?.into_frames().collect_frames().map_err(bad)?;
+    let decoded = GifDecoder::new(BufReader::new(file))
+        .map_err(bad)?
+        .into_frames()
+        .collect_frames()
+        .map_err(bad)?;
     let Some(first) = decoded.first() else {
         return Err(Error::video(path, "the GIF has no frames"));
     };

@@ -102,7 +102,9 @@ fn check_frames(frames: &ArrayView4<u8>) -> Result<()> {
 /// Nearest-neighbour upscale by an integer factor: `(T, H, W, 3) -> (T, kH, kW, 3)`.
 pub fn upscale(frames: &ArrayView4<u8>, k: usize) -> Frames {
     let (t, h, w, c) = frames.dim();
-    Array4::from_shape_fn((t, h * k, w * k, c), |(f, y, x, ch)| frames[[f, y / k, x / k, ch]])
+    Array4::from_shape_fn((t, h * k, w * k, c), |(f, y, x, ch)| {
+        frames[[f, y / k, x / k, ch]]
+    })
 }
 
 /// Writes `frames` `(T, H, W, 3)` to `path` in the format its name asks for
@@ -113,7 +115,10 @@ pub fn write(path: &Path, frames: &ArrayView4<u8>, options: &WriteOptions) -> Re
         invalid!("fps must be in (0, 1000], got {}", options.fps);
     }
     if options.scale == 0 || options.scale > 64 {
-        invalid!("scale must be an integer from 1 to 64, got {}", options.scale);
+        invalid!(
+            "scale must be an integer from 1 to 64, got {}",
+            options.scale
+        );
     }
     let format = Format::for_output(path)?;
     let scaled;
@@ -197,7 +202,12 @@ pub fn resize(frames: Frames, height: usize, width: usize) -> Frames {
             let p = |c| frame[[y as usize, x as usize, c]];
             image::Rgb([p(0), p(1), p(2)])
         });
-        let img = image::imageops::resize(&img, width as u32, height as u32, image::imageops::FilterType::Triangle);
+        let img = image::imageops::resize(
+            &img,
+            width as u32,
+            height as u32,
+            image::imageops::FilterType::Triangle,
+        );
         for (x, y, px) in img.enumerate_pixels() {
             for c in 0..3 {
                 out[[f, y as usize, x as usize, c]] = px[c];
@@ -218,5 +228,10 @@ pub fn describe(path: &Path, frames: &ArrayView4<u8>, options: &WriteOptions) ->
         Ok(Format::PngFrames) => "png frames".to_string(),
         Err(_) => "?".to_string(),
     };
-    format!("{}: {t} frames of {}x{} ({what})", PathBuf::from(path).display(), w * k, h * k)
+    format!(
+        "{}: {t} frames of {}x{} ({what})",
+        PathBuf::from(path).display(),
+        w * k,
+        h * k
+    )
 }

@@ -18,7 +18,10 @@ pub fn frame_name(f: usize) -> String {
 
 /// The frame index of a `frame_NNNN.png` name.
 fn frame_index(name: &str) -> Option<usize> {
-    name.strip_prefix("frame_")?.strip_suffix(".png")?.parse().ok()
+    name.strip_prefix("frame_")?
+        .strip_suffix(".png")?
+        .parse()
+        .ok()
 }
 
 fn write_frames(dir: &Path, frames: &ArrayView4<u8>) -> Result<()> {
@@ -51,9 +54,13 @@ pub(super) fn write(dir: &Path, frames: &ArrayView4<u8>) -> Result<()> {
         let t = frames.dim().0;
         for f in 0..t {
             let name = frame_name(f);
-            fs::rename(tmp.join(&name), dir.join(&name)).map_err(|e| Error::io(dir.join(&name), e))?;
+            fs::rename(tmp.join(&name), dir.join(&name))
+                .map_err(|e| Error::io(dir.join(&name), e))?;
         }
-        for entry in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?.flatten() {
+        for entry in fs::read_dir(&dir)
+            .map_err(|e| Error::io(&dir, e))?
+            .flatten()
+        {
             let name = entry.file_name().to_string_lossy().into_owned();
             if frame_index(&name).is_some_and(|i| i >= t) {
                 fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
@@ -80,7 +87,13 @@ pub(super) fn read(dir: &Path, size: Option<(usize, usize)>) -> Result<Frames> {
     }
     indexed.sort();
     if let Some((k, (i, _))) = indexed.iter().enumerate().find(|(k, (i, _))| k != i) {
-        return Err(Error::video(dir, format!("frames are not numbered 0, 1, 2, ...: expected {}, found {i}", frame_name(k))));
+        return Err(Error::video(
+            dir,
+            format!(
+                "frames are not numbered 0, 1, 2, ...: expected {}, found {i}",
+                frame_name(k)
+            ),
+        ));
     }
     let mut out: Option<Frames> = None;
     for (f, path) in &indexed {
@@ -91,7 +104,10 @@ pub(super) fn read(dir: &Path, size: Option<(usize, usize)>) -> Result<Frames> {
         let frames = out.get_or_insert_with(|| Array4::zeros((indexed.len(), h, w, 3)));
         let (_, fh, fw, _) = frames.dim();
         if (fh, fw) != (h, w) {
-            return Err(Error::video(path, format!("frame is {w}x{h}, but frame 0 is {fw}x{fh}")));
+            return Err(Error::video(
+                path,
+                format!("frame is {w}x{h}, but frame 0 is {fw}x{fh}"),
+            ));
         }
         for (x, y, px) in img.enumerate_pixels() {
             for c in 0..3 {

@@ -13,7 +13,10 @@ fn written_sets_list_back_with_parseable_captions_and_matching_clips() {
     let set = ShapesWorldSet::new(11, canvas, "png", 8.0).unwrap();
     assert_eq!(set.write(dir.path(), 3, |_| ()).unwrap(), 3);
     let entries = clips::list(dir.path()).unwrap();
-    assert_eq!(entries.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["clip_000000", "clip_000001", "clip_000002"]);
+    assert_eq!(
+        entries.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        ["clip_000000", "clip_000001", "clip_000002"]
+    );
     for (i, e) in entries.iter().enumerate() {
         let scene = Scene::parse(&e.caption).unwrap();
         let (want_scene, seed) = clips::shapes_world_item(11, i);
@@ -41,9 +44,24 @@ fn rerun_resumes_and_extends_and_other_settings_are_refused() {
 #[test]
 fn user_folders_pair_videos_with_captions_and_report_orphans() {
     let dir = tempfile::tempdir().unwrap();
-    let frames = render(&Scene::parse("a cyan circle growing").unwrap(), Canvas::new(3, 8, 8).unwrap(), 0).unwrap().frames;
-    video::write(&dir.path().join("holiday.gif"), &frames.view(), &Default::default()).unwrap();
-    fs::write(dir.path().join("holiday.txt"), "\n  a cyan circle growing  \nsecond line\n").unwrap();
+    let frames = render(
+        &Scene::parse("a cyan circle growing").unwrap(),
+        Canvas::new(3, 8, 8).unwrap(),
+        0,
+    )
+    .unwrap()
+    .frames;
+    video::write(
+        &dir.path().join("holiday.gif"),
+        &frames.view(),
+        &Default::default(),
+    )
+    .unwrap();
+    fs::write(
+        dir.path().join("holiday.txt"),
+        "\n  a cyan circle growing  \nsecond line\n",
+    )
+    .unwrap();
     fs::write(dir.path().join("notes.md"), "not a clip").unwrap();
     let entries = clips::list(dir.path()).unwrap();
     assert_eq!(entries.len(), 1);
@@ -52,8 +70,14 @@ fn user_folders_pair_videos_with_captions_and_report_orphans() {
 
     fs::write(dir.path().join("orphan.txt"), "a red square growing").unwrap();
     let err = clips::list(dir.path()).unwrap_err();
-    assert!(err.to_string().contains("no clip named \"orphan\""), "{err}");
+    assert!(
+        err.to_string().contains("no clip named \"orphan\""),
+        "{err}"
+    );
     fs::remove_file(dir.path().join("orphan.txt")).unwrap();
     fs::write(dir.path().join("holiday.txt"), "  \n").unwrap();
-    assert!(clips::list(dir.path()).unwrap_err().to_string().contains("empty"));
+    assert!(clips::list(dir.path())
+        .unwrap_err()
+        .to_string()
+        .contains("empty"));
 }

@@ -44,36 +44,70 @@ fn golden_checksum_pins_the_renderer_across_machines() {
     // FNV-1a of the frames: any change to the geometry, the random stream or
     // the rasteriser changes it. Update only with a contract change.
     let s = scene("a red circle moving right and a small blue square moving up");
-    let frames = render(&s, Canvas::new(16, 32, 48).unwrap(), 1).unwrap().frames;
-    let hash = frames.iter().fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    let frames = render(&s, Canvas::new(16, 32, 48).unwrap(), 1)
+        .unwrap()
+        .frames;
+    let hash = frames.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
     assert_eq!(hash, GOLDEN, "renderer output changed: {hash:#x}");
 }
 const GOLDEN: u64 = 0x74e4_197b_bd25_fa69;
 
 #[test]
 fn every_pixel_is_background_or_an_exact_palette_colour() {
-    let palette: Vec<[u8; 3]> = Color::ALL.iter().map(|c| c.rgb()).chain([[0, 0, 0]]).collect();
+    let palette: Vec<[u8; 3]> = Color::ALL
+        .iter()
+        .map(|c| c.rgb())
+        .chain([[0, 0, 0]])
+        .collect();
     for (i, s) in random_scenes(60, 1).iter().enumerate() {
-        let frames = render(s, Canvas::new(8, 24 + i % 9, 40 - i % 13).unwrap(), i as u64).unwrap().frames;
-        let allowed: Vec<[u8; 3]> = s.objects.iter().map(|o| o.color.rgb()).chain([[0, 0, 0]]).collect();
+        let frames = render(
+            s,
+            Canvas::new(8, 24 + i % 9, 40 - i % 13).unwrap(),
+            i as u64,
+        )
+        .unwrap()
+        .frames;
+        let allowed: Vec<[u8; 3]> = s
+            .objects
+            .iter()
+            .map(|o| o.color.rgb())
+            .chain([[0, 0, 0]])
+            .collect();
         for px in frames.as_slice().unwrap().chunks_exact(3) {
             let px = [px[0], px[1], px[2]];
-            assert!(palette.contains(&px) && allowed.contains(&px), "{px:?} in \"{s}\"");
+            assert!(
+                palette.contains(&px) && allowed.contains(&px),
+                "{px:?} in \"{s}\""
+            );
         }
     }
 }
 
 #[test]
 fn objects_stay_inside_the_canvas_in_every_frame() {
-    let canvases = [(16, 32, 32), (12, 64, 40), (9, 40, 96), (1, 20, 20), (16, 17, 23)];
+    let canvases = [
+        (16, 32, 32),
+        (12, 64, 40),
+        (9, 40, 96),
+        (1, 20, 20),
+        (16, 17, 23),
+    ];
     for (i, s) in random_scenes(300, 2).iter().enumerate() {
         let (t, h, w) = canvases[i % canvases.len()];
         let clip = render(s, Canvas::new(t, h, w).unwrap(), i as u64).unwrap();
         for track in &clip.tracks {
             for st in &track.states {
                 let eps = 1e-9;
-                assert!(st.cx - st.r >= -eps && st.cx + st.r <= w as f64 + eps, "x out in \"{s}\" {st:?}");
-                assert!(st.cy - st.r >= -eps && st.cy + st.r <= h as f64 + eps, "y out in \"{s}\" {st:?}");
+                assert!(
+                    st.cx - st.r >= -eps && st.cx + st.r <= w as f64 + eps,
+                    "x out in \"{s}\" {st:?}"
+                );
+                assert!(
+                    st.cy - st.r >= -eps && st.cy + st.r <= h as f64 + eps,
+                    "y out in \"{s}\" {st:?}"
+                );
             }
         }
     }
@@ -85,16 +119,30 @@ fn drawn_pixels_match_the_geometry_so_nothing_is_clipped() {
     // analytic ones (a clipped or misplaced object would miss both)
     let canvas = Canvas::new(6, 128, 160).unwrap();
     for (i, s) in random_scenes(120, 3).iter().enumerate() {
-        let s = Scene { objects: vec![s.objects[0]] };
+        let s = Scene {
+            objects: vec![s.objects[0]],
+        };
         let clip = render(&s, canvas, i as u64).unwrap();
         let track = &clip.tracks[0];
         for (f, st) in track.states.iter().enumerate() {
             let (n, mx, my) = mask_stats(&clip.frames, f, track.object.color.rgb());
             let area = st.area(track.object.shape);
-            assert!((n as f64 - area).abs() <= 0.06 * area + 4.0, "\"{s}\" frame {f}: {n} pixels, area {area:.1}");
+            assert!(
+                (n as f64 - area).abs() <= 0.06 * area + 4.0,
+                "\"{s}\" frame {f}: {n} pixels, area {area:.1}"
+            );
             // a triangle's centroid sits a third of r below its box centre
-            let cy = st.cy + if track.object.shape == Shape::Triangle { st.r / 3.0 } else { 0.0 };
-            assert!((mx - st.cx).abs() < 0.6 && (my - cy).abs() < 0.6, "\"{s}\" frame {f}: centroid ({mx:.2}, {my:.2}) vs ({:.2}, {cy:.2})", st.cx);
+            let cy = st.cy
+                + if track.object.shape == Shape::Triangle {
+                    st.r / 3.0
+                } else {
+                    0.0
+                };
+            assert!(
+                (mx - st.cx).abs() < 0.6 && (my - cy).abs() < 0.6,
+                "\"{s}\" frame {f}: centroid ({mx:.2}, {my:.2}) vs ({:.2}, {cy:.2})",
+                st.cx
+            );
         }
     }
 }
@@ -110,14 +158,21 @@ fn sizes_and_travel_follow_the_contract() {
             match o.size {
                 Some(Size::Small) => assert_eq!(track.r0, 0.10 * side),
                 Some(Size::Large) => assert_eq!(track.r0, 0.20 * side),
-                None => assert!((0.12 * side..=0.17 * side).contains(&track.r0), "{}", track.r0),
+                None => assert!(
+                    (0.12 * side..=0.17 * side).contains(&track.r0),
+                    "{}",
+                    track.r0
+                ),
             }
             let (first, last) = (track.states[0], track.states[15]);
             let moved = ((last.cx - first.cx).powi(2) + (last.cy - first.cy).powi(2)).sqrt();
             let (dx, dy) = (last.cx - first.cx, last.cy - first.cy);
             match o.motion {
                 Motion::Left | Motion::Right | Motion::Up | Motion::Down => {
-                    assert!((0.35 * side - 1e-9..=0.55 * side + 1e-9).contains(&moved), "travel {moved}");
+                    assert!(
+                        (0.35 * side - 1e-9..=0.55 * side + 1e-9).contains(&moved),
+                        "travel {moved}"
+                    );
                     assert!((moved - track.travel).abs() < 1e-9);
                     let ok = match o.motion {
                         Motion::Left => dx < 0.0 && dy == 0.0,
@@ -149,16 +204,37 @@ fn growing_and_shrinking_change_the_area_as_the_contract_says() {
             let track = &clip.tracks[0];
             let r0 = track.r0;
             let (first, last) = (track.states[0], track.states[15]);
-            let (want_first, want_last) = if motion == Motion::Grow { (0.6, 1.4) } else { (1.4, 0.6) };
-            assert!((first.r - want_first * r0).abs() < 1e-9 && (last.r - want_last * r0).abs() < 1e-9);
-            assert_eq!((first.cx, first.cy), (last.cx, last.cy), "centre must stay fixed");
-            let areas: Vec<usize> = (0..16).map(|f| mask_stats(&clip.frames, f, Color::Yellow.rgb()).0).collect();
+            let (want_first, want_last) = if motion == Motion::Grow {
+                (0.6, 1.4)
+            } else {
+                (1.4, 0.6)
+            };
+            assert!(
+                (first.r - want_first * r0).abs() < 1e-9 && (last.r - want_last * r0).abs() < 1e-9
+            );
+            assert_eq!(
+                (first.cx, first.cy),
+                (last.cx, last.cy),
+                "centre must stay fixed"
+            );
+            let areas: Vec<usize> = (0..16)
+                .map(|f| mask_stats(&clip.frames, f, Color::Yellow.rgb()).0)
+                .collect();
             // nested shapes about a fixed centre: pixel area is monotone
-            let monotone = areas.windows(2).all(|w| if motion == Motion::Grow { w[0] <= w[1] } else { w[0] >= w[1] });
+            let monotone = areas.windows(2).all(|w| {
+                if motion == Motion::Grow {
+                    w[0] <= w[1]
+                } else {
+                    w[0] >= w[1]
+                }
+            });
             assert!(monotone, "{s}: {areas:?}");
             let ratio = areas[15] as f64 / areas[0] as f64;
             let expected = (want_last / want_first) * (want_last / want_first);
-            assert!((ratio / expected - 1.0).abs() < 0.15, "{s}: area ratio {ratio:.2}, contract {expected:.2}");
+            assert!(
+                (ratio / expected - 1.0).abs() < 0.15,
+                "{s}: area ratio {ratio:.2}, contract {expected:.2}"
+            );
         }
     }
 }
@@ -168,7 +244,10 @@ fn standing_still_is_the_same_every_frame() {
     let s = scene("a large white triangle standing still");
     let frames = render(&s, Canvas::DEFAULT, 9).unwrap().frames;
     for f in 1..16 {
-        assert_eq!(frames.index_axis(ndarray::Axis(0), f), frames.index_axis(ndarray::Axis(0), 0));
+        assert_eq!(
+            frames.index_axis(ndarray::Axis(0), f),
+            frames.index_axis(ndarray::Axis(0), 0)
+        );
     }
 }
 
@@ -182,7 +261,11 @@ fn two_object_prompts_draw_both_colours_in_every_frame() {
         let frames = render(s, Canvas::DEFAULT, i as u64).unwrap().frames;
         for f in 0..16 {
             for o in &s.objects {
-                assert!(mask_stats(&frames, f, o.color.rgb()).0 > 0, "\"{s}\" seed {i}: no {} in frame {f}", o.color);
+                assert!(
+                    mask_stats(&frames, f, o.color.rgb()).0 > 0,
+                    "\"{s}\" seed {i}: no {} in frame {f}",
+                    o.color
+                );
             }
         }
         checked += 1;

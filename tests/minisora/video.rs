@@ -14,16 +14,25 @@ const MP4_MAE_BOUND: f64 = 3.0;
 
 fn clip(frames: usize, h: usize, w: usize) -> Frames {
     let s = Scene::parse("a red circle moving right and a small blue square moving up").unwrap();
-    render(&s, Canvas::new(frames, h, w).unwrap(), 3).unwrap().frames
+    render(&s, Canvas::new(frames, h, w).unwrap(), 3)
+        .unwrap()
+        .frames
 }
 
 fn mae(a: &Frames, b: &Frames) -> f64 {
     assert_eq!(a.dim(), b.dim());
-    a.iter().zip(b.iter()).map(|(&x, &y)| (x as f64 - y as f64).abs()).sum::<f64>() / a.len() as f64
+    a.iter()
+        .zip(b.iter())
+        .map(|(&x, &y)| (x as f64 - y as f64).abs())
+        .sum::<f64>()
+        / a.len() as f64
 }
 
 fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -58,7 +67,11 @@ fn mp4_keeps_the_last_frame_at_other_frame_rates() {
     for fps in [1.0, 24.0, 29.97] {
         let path = dir.path().join(format!("f{fps}.mp4"));
         video::write(&path, &frames.view(), &opts(fps, 1)).unwrap();
-        assert_eq!(video::read(&path, &ReadOptions::default()).unwrap().dim().0, 5, "fps {fps}");
+        assert_eq!(
+            video::read(&path, &ReadOptions::default()).unwrap().dim().0,
+            5,
+            "fps {fps}"
+        );
     }
 }
 
@@ -68,7 +81,10 @@ fn odd_sizes_are_padded_to_even_for_mp4() {
     let frames = clip(4, 15, 21);
     let path = dir.path().join("odd.mp4");
     video::write(&path, &frames.view(), &opts(8.0, 1)).unwrap();
-    assert_eq!(video::read(&path, &ReadOptions::default()).unwrap().dim(), (4, 16, 22, 3));
+    assert_eq!(
+        video::read(&path, &ReadOptions::default()).unwrap().dim(),
+        (4, 16, 22, 3)
+    );
 }
 
 #[test]
@@ -80,28 +96,60 @@ fn gif_and_png_frames_round_trip_exactly() {
     assert_eq!(video::read(&gif, &ReadOptions::default()).unwrap(), frames);
     let gif2 = dir.path().join("c2.gif");
     video::write(&gif2, &frames.view(), &opts(12.5, 3)).unwrap();
-    assert_eq!(video::read(&gif2, &ReadOptions::default()).unwrap(), video::upscale(&frames.view(), 3));
-    assert_eq!(video::read(&gif2, &ReadOptions { size: Some((32, 40)) }).unwrap().dim(), (16, 32, 40, 3));
+    assert_eq!(
+        video::read(&gif2, &ReadOptions::default()).unwrap(),
+        video::upscale(&frames.view(), 3)
+    );
+    assert_eq!(
+        video::read(
+            &gif2,
+            &ReadOptions {
+                size: Some((32, 40))
+            }
+        )
+        .unwrap()
+        .dim(),
+        (16, 32, 40, 3)
+    );
 
     let folder = dir.path().join("frames/");
     video::write(&folder, &frames.view(), &opts(8.0, 1)).unwrap();
     assert_eq!(names(&folder).len(), 16);
     assert_eq!(names(&folder)[0], "frame_0000.png");
-    assert_eq!(video::read(&folder, &ReadOptions::default()).unwrap(), frames);
+    assert_eq!(
+        video::read(&folder, &ReadOptions::default()).unwrap(),
+        frames
+    );
 }
 
 #[test]
 fn writing_into_an_existing_folder_replaces_the_clip() {
     let dir = tempfile::tempdir().unwrap();
-    video::write(&dir.path().join("frames/"), &clip(6, 8, 8).view(), &opts(8.0, 1)).unwrap();
+    video::write(
+        &dir.path().join("frames/"),
+        &clip(6, 8, 8).view(),
+        &opts(8.0, 1),
+    )
+    .unwrap();
     let folder = dir.path().join("frames");
     fs::write(folder.join("keep.txt"), "user file").unwrap();
     // an existing directory means PNG frames even without a trailing slash
     assert_eq!(Format::for_output(&folder).unwrap(), Format::PngFrames);
     let shorter = clip(3, 8, 8);
     video::write(&folder, &shorter.view(), &opts(8.0, 1)).unwrap();
-    assert_eq!(names(&folder), ["frame_0000.png", "frame_0001.png", "frame_0002.png", "keep.txt"]);
-    assert_eq!(video::read(&folder, &ReadOptions::default()).unwrap(), shorter);
+    assert_eq!(
+        names(&folder),
+        [
+            "frame_0000.png",
+            "frame_0001.png",
+            "frame_0002.png",
+            "keep.txt"
+        ]
+    );
+    assert_eq!(
+        video::read(&folder, &ReadOptions::default()).unwrap(),
+        shorter
+    );
     assert_eq!(names(dir.path()), ["frames"], "no temporaries left");
 }
 
@@ -120,9 +168,17 @@ fn contact_sheet_is_one_png_with_every_frame() {
 fn the_format_follows_the_name_and_unknown_ones_are_refused() {
     assert_eq!(Format::for_output(Path::new("a.MP4")).unwrap(), Format::Mp4);
     assert_eq!(Format::for_output(Path::new("a.gif")).unwrap(), Format::Gif);
-    assert_eq!(Format::for_output(Path::new("a.png")).unwrap(), Format::Sheet);
-    assert_eq!(Format::for_output(Path::new("new_folder/")).unwrap(), Format::PngFrames);
-    let err = Format::for_output(Path::new("clip.avi")).unwrap_err().to_string();
+    assert_eq!(
+        Format::for_output(Path::new("a.png")).unwrap(),
+        Format::Sheet
+    );
+    assert_eq!(
+        Format::for_output(Path::new("new_folder/")).unwrap(),
+        Format::PngFrames
+    );
+    let err = Format::for_output(Path::new("clip.avi"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("clip.avi") && err.contains(".mp4"), "{err}");
 }
 
@@ -138,7 +194,11 @@ fn bad_inputs_are_errors_not_panics() {
     fs::write(d.join("empty.mp4"), b"").unwrap();
     fs::write(d.join("truncated.mp4"), &mp4[..mp4.len() / 2]).unwrap();
     fs::write(d.join("header_only.mp4"), &mp4[..40]).unwrap();
-    fs::write(d.join("text.mp4"), b"this is not a video at all, just some words\n".repeat(50)).unwrap();
+    fs::write(
+        d.join("text.mp4"),
+        b"this is not a video at all, just some words\n".repeat(50),
+    )
+    .unwrap();
     fs::write(d.join("notes.txt"), b"hello").unwrap();
     fs::write(d.join("truncated.gif"), &gif[..gif.len() / 3]).unwrap();
     fs::write(d.join("noise.gif"), [7u8; 300]).unwrap();
@@ -158,7 +218,9 @@ fn bad_inputs_are_errors_not_panics() {
         ("gap", "frame_0000.png"),
     ];
     for (name, needle) in cases {
-        let err = video::read(&d.join(name), &ReadOptions::default()).expect_err(name).to_string();
+        let err = video::read(&d.join(name), &ReadOptions::default())
+            .expect_err(name)
+            .to_string();
         assert!(err.contains(name) && err.contains(needle), "{name}: {err}");
     }
     assert!(video::read(&d.join("good.mp4"), &ReadOptions { size: Some((0, 4)) }).is_err());
@@ -170,7 +232,13 @@ fn unwritable_outputs_are_errors_and_leave_nothing_behind() {
     let d = dir.path();
     fs::write(d.join("a_file"), b"x").unwrap();
     let frames = clip(4, 16, 16);
-    for name in ["missing/out.mp4", "missing/out.gif", "a_file/out.mp4", "a_file/out.png", "missing/frames/"] {
+    for name in [
+        "missing/out.mp4",
+        "missing/out.gif",
+        "a_file/out.mp4",
+        "a_file/out.png",
+        "missing/frames/",
+    ] {
         let err = video::write(&d.join(name), &frames.view(), &opts(8.0, 1)).expect_err(name);
         assert!(!err.to_string().is_empty());
     }

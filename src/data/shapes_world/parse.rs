@@ -100,7 +100,9 @@ impl Slot {
             Slot::Motion => list("a motion", Motion::WORDS),
             Slot::Direction => list("a direction after \"moving\"", DIRECTIONS),
             Slot::Still => "\"still\" after \"standing\"".into(),
-            Slot::AndOrEnd => "\"and\" followed by a second object, or the end of the prompt".into(),
+            Slot::AndOrEnd => {
+                "\"and\" followed by a second object, or the end of the prompt".into()
+            }
             Slot::End => "the end of the prompt: a prompt has at most two objects".into(),
         }
     }
@@ -135,7 +137,11 @@ impl Parser<'_> {
     }
 
     /// The next word, parsed by `accept` for `slot`.
-    fn take<T>(&mut self, slot: Slot, accept: impl Fn(&str) -> Option<T>) -> Result<T, PromptError> {
+    fn take<T>(
+        &mut self,
+        slot: Slot,
+        accept: impl Fn(&str) -> Option<T>,
+    ) -> Result<T, PromptError> {
         let at = self.next;
         let Some(word) = self.words.get(at) else {
             return Err(self.error(PromptErrorKind::UnexpectedEnd, at - 1, slot));
@@ -145,7 +151,9 @@ impl Parser<'_> {
                 self.next += 1;
                 Ok(value)
             }
-            None if in_vocabulary(word) => Err(self.error(PromptErrorKind::MisplacedWord, at, slot)),
+            None if in_vocabulary(word) => {
+                Err(self.error(PromptErrorKind::MisplacedWord, at, slot))
+            }
             None => Err(self.error(PromptErrorKind::UnknownWord, at, slot)),
         }
     }
@@ -157,7 +165,9 @@ impl Parser<'_> {
             Color(Color),
         }
         let head = self.take(Slot::SizeOrColor, |w| {
-            Size::from_word(w).map(Head::Size).or(Color::from_word(w).map(Head::Color))
+            Size::from_word(w)
+                .map(Head::Size)
+                .or(Color::from_word(w).map(Head::Color))
         })?;
         let (size, color) = match head {
             Head::Color(c) => (None, c),
@@ -166,7 +176,9 @@ impl Parser<'_> {
         let shape = self.take(Slot::Shape, Shape::from_word)?;
         let head = self.take(Slot::Motion, |w| MOTION_HEADS.iter().position(|&h| h == w))?;
         let motion = match MOTION_HEADS[head] {
-            "moving" => self.take(Slot::Direction, |w| Motion::from_word(&format!("moving {w}")))?,
+            "moving" => self.take(Slot::Direction, |w| {
+                Motion::from_word(&format!("moving {w}"))
+            })?,
             "standing" => self.take(Slot::Still, |w| (w == "still").then_some(Motion::Still))?,
             "growing" => Motion::Grow,
             _ => Motion::Shrink,

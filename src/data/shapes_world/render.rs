@@ -212,13 +212,22 @@ fn visible_fraction(below: &Track, above: &Track, canvas: Canvas) -> f64 {
 /// object `k` drawn from its own stream. Placements where a later object
 /// hides most of an earlier one are drawn again.
 pub fn layout(scene: &Scene, canvas: Canvas, seed: u64) -> Vec<Track> {
-    let mut rngs: Vec<Rng> = (0..scene.objects.len()).map(|k| Rng::derive(seed, k as u64)).collect();
+    let mut rngs: Vec<Rng> = (0..scene.objects.len())
+        .map(|k| Rng::derive(seed, k as u64))
+        .collect();
     let mut place = || -> Vec<Track> {
-        scene.objects.iter().zip(rngs.iter_mut()).map(|(&object, rng)| track(object, canvas, rng)).collect()
+        scene
+            .objects
+            .iter()
+            .zip(rngs.iter_mut())
+            .map(|(&object, rng)| track(object, canvas, rng))
+            .collect()
     };
     let visible = |tracks: &[Track]| {
         tracks.iter().enumerate().all(|(k, above)| {
-            tracks[..k].iter().all(|below| visible_fraction(below, above, canvas) >= MIN_VISIBLE)
+            tracks[..k]
+                .iter()
+                .all(|below| visible_fraction(below, above, canvas) >= MIN_VISIBLE)
         })
     };
     let mut tracks = place();
@@ -240,8 +249,14 @@ pub fn draw(tracks: &[Track], canvas: Canvas) -> Frames {
         for (f, state) in track.states.iter().enumerate() {
             // only the pixels of the bounding box can be inside
             let clamp = |v: f64, n: usize| v.max(0.0).min(n as f64) as usize;
-            let (x0, x1) = (clamp((state.cx - state.r).floor(), canvas.width), clamp((state.cx + state.r).ceil(), canvas.width));
-            let (y0, y1) = (clamp((state.cy - state.r).floor(), canvas.height), clamp((state.cy + state.r).ceil(), canvas.height));
+            let (x0, x1) = (
+                clamp((state.cx - state.r).floor(), canvas.width),
+                clamp((state.cx + state.r).ceil(), canvas.width),
+            );
+            let (y0, y1) = (
+                clamp((state.cy - state.r).floor(), canvas.height),
+                clamp((state.cy + state.r).ceil(), canvas.height),
+            );
             for y in y0..y1 {
                 for x in x0..x1 {
                     if state.contains(track.object.shape, x as f64 + 0.5, y as f64 + 0.5) {
