@@ -20,7 +20,11 @@
 //! [`rng::Rng`], so the same seed gives the same bytes on every machine.
 
 pub mod data;
+pub mod dit;
 pub mod error;
+pub mod inspect;
+pub mod patch;
+pub mod preset;
 pub mod rng;
 pub mod video;
 

@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use minisora::data::clips::ShapesWorldSet;
 use minisora::data::shapes_world::{self, Canvas, Scene};
+use minisora::patch::{PatchSize, Remainder};
 use minisora::rng::Rng;
 use minisora::video::{self, WriteOptions};
 
@@ -48,6 +49,17 @@ enum Command {
         Clip i's caption and placement depend only on --seed and i, so sets of different sizes \
         agree on the clips they share. Rerunning the same command completes an interrupted set.")]
     Data(DataArgs),
+    /// Show how a clip becomes spacetime-patch tokens, and what one denoising step costs
+    #[command(
+        after_help = "The path: input (T, H, W) -> compression network (/ft, /fs, /fs) -> latent \
+        -> patches (pt, ph, pw) -> a grid of tokens, ordered t, then h, then w. Each token covers \
+        ft*pt frames and fs*ph x fs*pw pixels. Sizes the factors do not divide are padded with \
+        zeros (--no-pad refuses them instead).\n\n\
+        Examples:\n  minisora inspect samples/red_circle_blue_square.mp4 -o tokens.png\n  \
+        minisora inspect --prompt \"a red circle growing\" --height 48 --width 96 --patch 2,2,2 --json\n  \
+        minisora inspect clip.mp4 --preset XL --compress 4,8,8"
+    )]
+    Inspect(InspectArgs),
 }
 
 #[derive(Args)]
@@ -111,6 +123,95 @@ struct DataArgs {
     output: PathBuf,
 }
 
+#[derive(Args)]
+struct InspectArgs {
+    /// A video file (anything FFmpeg reads), a GIF or a folder of PNG frames
+    #[arg(required_unless_present = "prompt")]
+    input: Option<PathBuf>,
+    /// Inspect a Shapes World clip of this prompt instead of a file
+    #[arg(long, conflicts_with = "input")]
+    prompt: Option<String>,
+    /// Seed of the --prompt clip
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    clip: ClipArgs,
+    /// Model preset whose compression, patch size and cost to report: default, S, B, L, XL
+    #[arg(long, default_value = "default")]
+    preset: String,
+    /// Patch size T,H,W over the latent [default: the preset's]
+    #[arg(long)]
+    patch: Option<PatchSize>,
+    /// Compression factors T,H,W [default: the preset's]
+    #[arg(long)]
+    compress: Option<PatchSize>,
+    /// Refuse sizes the factors do not divide instead of padding them
+    #[arg(long)]
+    no_pad: bool,
+    /// Print JSON (keys input, latent, patch, grid, tokens, ...) instead of the table
+    #[arg(long)]
+    json: bool,
+    /// Write a picture: the frames with each token tinted and numbered, and the token sequence
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Pixel size of the picture's frames [default: enough for 256 pixels on the short side]
+    #[arg(long)]
+    scale: Option<usize>,
+}
+
+fn auto_scale(scale: Option<usize>, height: usize, width: usize) -> usize {
+    scale.unwrap_or_else(|| 256usize.div_ceil(height.min(width).max(1)).clamp(1, 16))
+}
+
+fn inspect(args: InspectArgs) -> Result<()> {
+    let preset = minisora::preset::preset(&args.preset)?;
+    let (frames, source) = match (&args.input, &args.prompt) {
+        (Some(path), _) => (
+            video::read(path, &Default::default())
+                .with_context(|| format!("cannot inspect {}", path.display()))?,
+            path.display().to_string(),
+        ),
+        (None, Some(prompt)) => {
+            let scene = Scene::parse(prompt)?;
+            let clip = shapes_world::render(&scene, args.clip.canvas()?, args.seed)?;
+            (clip.frames, format!("\"{scene}\" (seed {})", args.seed))
+        }
+        (None, None) => bail!("give a video file or --prompt"),
+    };
+    let (t, h, w, _) = frames.dim();
+    let remainder = if args.no_pad {
+        Remainder::Reject
+    } else {
+        Remainder::Pad
+    };
+    let ins = minisora::inspect::inspect(
+        [t, h, w],
+        &preset,
+        args.compress.map(|c| c.as_array()),
+        args.patch,
+        remainder,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&ins)?);
+    } else {
+        print!("{}", ins.table(&source));
+    }
+    if let Some(out) = &args.output {
+        let picture =
+            minisora::inspect::token_picture(&frames.view(), &ins, auto_scale(args.scale, h, w));
+        video::write_png(out, &picture)?;
+        if !args.json {
+            println!(
+                "wrote {} ({}x{})",
+                out.display(),
+                picture.width(),
+                picture.height()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn render(args: RenderArgs) -> Result<()> {
     let canvas = args.clip.canvas()?;
     let scene = match &args.prompt {
@@ -167,6 +268,7 @@ fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Render(args) => render(args),
         Command::Data(args) => data(args),
+        Command::Inspect(args) => inspect(args),
     }
 }
 

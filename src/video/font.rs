@@ -28,9 +28,9 @@ pub fn text_width(text: &str, scale: u32) -> u32 {
 }
 
 /// Draws the digits of `text` with their top-left corner at `(x, y)`, each
-/// font pixel a `scale` x `scale` square; other characters leave a gap.
-/// Pixels outside the image are skipped.
-pub fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str, scale: u32, color: [u8; 3]) {
+/// font pixel a `scale` x `scale` square, by calling `put(px, py)` for every
+/// pixel to colour; other characters leave a gap.
+pub fn draw_text_with(x: u32, y: u32, text: &str, scale: u32, mut put: impl FnMut(u32, u32)) {
     for (i, ch) in text.chars().enumerate() {
         let Some(d) = ch.to_digit(10) else { continue };
         let gx = x + i as u32 * (GLYPH_W + 1) * scale;
@@ -41,13 +41,20 @@ pub fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str, scale: u32, col
                 }
                 for dy in 0..scale {
                     for dx in 0..scale {
-                        let (px, py) = (gx + col * scale + dx, y + row as u32 * scale + dy);
-                        if px < img.width() && py < img.height() {
-                            img.put_pixel(px, py, Rgb(color));
-                        }
+                        put(gx + col * scale + dx, y + row as u32 * scale + dy);
                     }
                 }
             }
         }
     }
+}
+
+/// [`draw_text_with`] into an image in one colour; pixels outside it are skipped.
+pub fn draw_text(img: &mut RgbImage, x: u32, y: u32, text: &str, scale: u32, color: [u8; 3]) {
+    let (w, h) = img.dimensions();
+    draw_text_with(x, y, text, scale, |px, py| {
+        if px < w && py < h {
+            img.put_pixel(px, py, Rgb(color));
+        }
+    });
 }

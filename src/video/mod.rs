@@ -12,7 +12,7 @@
 pub(crate) mod atomic;
 #[cfg(feature = "ffmpeg")]
 mod ffmpeg;
-mod font;
+pub mod font;
 mod gif;
 mod png_dir;
 mod sheet;
@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{s, Array4, ArrayView4};
 
-pub use font::draw_text;
 pub use sheet::contact_sheet;
 pub use tensor::{frames_to_tensor, tensor_to_frames};
 
@@ -131,14 +130,7 @@ pub fn write(path: &Path, frames: &ArrayView4<u8>, options: &WriteOptions) -> Re
     match format {
         Format::Mp4 => write_mp4(path, &frames, options.fps),
         Format::Gif => atomic::write_file(path, |tmp| gif::write(tmp, &frames, options.fps)),
-        Format::Sheet => {
-            let sheet = contact_sheet(&frames);
-            atomic::write_file(path, |tmp| {
-                sheet
-                    .save_with_format(tmp, image::ImageFormat::Png)
-                    .map_err(|e| Error::video(path, format!("cannot write PNG: {e}")))
-            })
-        }
+        Format::Sheet => write_png(path, &contact_sheet(&frames)),
         Format::PngFrames => png_dir::write(path, &frames),
     }
 }
@@ -151,6 +143,14 @@ fn write_mp4(path: &Path, frames: &ArrayView4<u8>, fps: f64) -> Result<()> {
 #[cfg(not(feature = "ffmpeg"))]
 fn write_mp4(path: &Path, _: &ArrayView4<u8>, _: f64) -> Result<()> {
     Err(Error::video(path, "this minisora was built without the `ffmpeg` feature: write .gif, .png or a folder instead"))
+}
+
+/// Writes one picture as PNG, atomically.
+pub fn write_png(path: &Path, img: &image::RgbImage) -> Result<()> {
+    atomic::write_file(path, |tmp| {
+        img.save_with_format(tmp, image::ImageFormat::Png)
+            .map_err(|e| Error::video(path, format!("cannot write PNG: {e}")))
+    })
 }
 
 /// Reads a clip: a folder of PNG frames, a GIF, or any file FFmpeg decodes.

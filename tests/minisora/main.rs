@@ -2,6 +2,8 @@
 
 mod cli;
 mod clips;
+mod inspect;
 mod parser;
+mod patch;
 mod shapes_world;
 mod video;

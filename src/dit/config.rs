@@ -1,0 +1,189 @@
+//! DiT configuration and what one denoising step costs, counted from shapes.
+//!
+//! The block these counts describe (the model of issue 5 is built to match,
+//! and a test compares the count with its real parameters):
+//! ```text
+//! c = t_embedder(t) + pooled_text_proj(text)                 (B, D)
+//! per block:  shift/scale/gate x 2 = adaLN(SiLU(c))           Linear(D, 6D)
+//!             x += gate1 * SelfAttn(modulate(LN(x)))           qkv Linear(D, 3D), out Linear(D, D), 3D RoPE
+//!             x += CrossAttn(LN(x), context)                   q Linear(D, D), kv Linear(D, 2D), out Linear(D, D)
+//!             x += gate2 * MLP(modulate(LN(x)))                Linear(D, rD), GELU, Linear(rD, D)
+//! final:      modulate(LN(x)) -> Linear(D, C*pt*ph*pw)        adaLN Linear(D, 2D)
+//! ```
+//! A multiply-add counts as 2 FLOPs. Norms, softmax, RoPE and elementwise
+//! ops are left out of the FLOP count (they are memory-bound and a few
+//! percent of the total at these widths).
+
+use serde::{Deserialize, Serialize};
+
+use crate::patch::PatchSize;
+
+/// Every hyper-parameter of a DiT.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DitConfig {
+    /// Channels of the latent it denoises (the compression network's `C`).
+    pub latent_channels: usize,
+    pub patch: PatchSize,
+    /// Model width `D`.
+    pub hidden: usize,
+    pub depth: usize,
+    pub heads: usize,
+    /// MLP hidden width is `mlp_ratio * D` (4 as in ViT and DiT).
+    pub mlp_ratio: usize,
+    /// Width of the text encoder's output (the cross-attention context).
+    pub context_dim: usize,
+    /// Number of text tokens the context holds.
+    pub context_len: usize,
+    /// Size of the sinusoidal timestep features fed to the timestep MLP (256
+    /// as in DiT).
+    pub freq_dim: usize,
+}
+
+/// FLOPs of one DiT forward and what it holds in memory, per the module docs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepCost {
+    /// Batch the figures are for (2 with classifier-free guidance).
+    pub batch: usize,
+    /// Video tokens per clip.
+    pub tokens: usize,
+    /// Self- and cross-attention scores and weighted sums (`QK^T`, `AV`):
+    /// the part that grows with the square of the tokens.
+    pub attention_flops: u64,
+    /// Q, K, V and output projections of self- and cross-attention.
+    pub attention_proj_flops: u64,
+    pub mlp_flops: u64,
+    /// Patch embedding, timestep MLP, adaLN modulation, final layer.
+    pub other_flops: u64,
+    pub total_flops: u64,
+    /// Parameters of the DiT.
+    pub params: u64,
+    /// Peak activation memory of one forward without gradients (f32), with
+    /// attention scores materialised: the residual stream, one block's
+    /// normalised input, Q, K, V, attention output and MLP hidden, and one
+    /// head-batch of scores.
+    pub activation_bytes: u64,
+}
+
+impl DitConfig {
+    pub fn head_dim(&self) -> usize {
+        self.hidden / self.heads
+    }
+
+    /// Values per token of the latent: `C * pt * ph * pw`.
+    pub fn token_dim(&self) -> usize {
+        self.patch.token_dim(self.latent_channels)
+    }
+
+    /// Parameters, counted from the architecture in the module docs.
+    pub fn params(&self) -> u64 {
+        let d = self.hidden as u64;
+        let r = self.mlp_ratio as u64;
+        let e = self.context_dim as u64;
+        let p = self.token_dim() as u64;
+        let f = self.freq_dim as u64;
+        let linear = |i: u64, o: u64| i * o + o;
+        let block = linear(d, 6 * d)            // adaLN modulation
+            + linear(d, 3 * d) + linear(d, d)   // self-attention
+            + linear(d, d) + linear(d, 2 * d) + linear(d, d) // cross-attention
+            + 2 * d                             // cross-attention's LayerNorm (affine)
+            + linear(d, r * d) + linear(r * d, d); // MLP
+        let embed = linear(p, d)                // patch embedding
+            + linear(f, d) + linear(d, d)       // timestep MLP
+            + linear(e, d)                      // context projection
+            + linear(e, d); // pooled text -> conditioning
+        let last = linear(d, 2 * d) + linear(d, p);
+        embed + self.depth as u64 * block + last
+    }
+
+    /// Cost of one forward on `batch` clips of `tokens` video tokens each.
+    pub fn step_cost(&self, tokens: usize, batch: usize) -> StepCost {
+        let (n, b) = (tokens as u64, batch as u64);
+        let d = self.hidden as u64;
+        let l = self.context_len as u64;
+        let e = self.context_dim as u64;
+        let r = self.mlp_ratio as u64;
+        let p = self.token_dim() as u64;
+        let f = self.freq_dim as u64;
+        let depth = self.depth as u64;
+        let mm = |m: u64, k: u64, n: u64| 2 * m * k * n;
+        // per clip and block
+        let attention = mm(n, d, n) + mm(n, n, d) // self: QK^T over all heads, AV
+            + mm(n, d, l) + mm(n, l, d); // cross
+        let attention_proj = mm(n, d, 3 * d) + mm(n, d, d) // self qkv, out
+            + mm(n, d, d) + mm(l, d, 2 * d) + mm(n, d, d); // cross q, kv, out
+        let mlp = mm(n, d, r * d) + mm(n, r * d, d);
+        let modulation = mm(1, d, 6 * d);
+        let other = mm(n, p, d) + mm(1, f, d) + mm(1, d, d) + mm(l, e, d) + mm(1, e, d) // embeddings
+            + depth * modulation
+            + mm(1, d, 2 * d) + mm(n, d, p); // final layer
+        let attention_flops = b * depth * attention;
+        let attention_proj_flops = b * depth * attention_proj;
+        let mlp_flops = b * depth * mlp;
+        let other_flops = b * other;
+        let h = self.heads as u64;
+        let activation_floats = b
+            * (n * d /* residual */ + n * d /* normed */ + 3 * n * d /* qkv */ + n * d /* attn out */
+            + n * r * d /* mlp hidden */ + h * n * n.max(l)/* scores */);
+        StepCost {
+            batch,
+            tokens,
+            attention_flops,
+            attention_proj_flops,
+            mlp_flops,
+            other_flops,
+            total_flops: attention_flops + attention_proj_flops + mlp_flops + other_flops,
+            params: self.params(),
+            activation_bytes: 4 * activation_floats,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> DitConfig {
+        DitConfig {
+            latent_channels: 2,
+            patch: PatchSize::new(1, 2, 2).unwrap(),
+            hidden: 8,
+            depth: 1,
+            heads: 2,
+            mlp_ratio: 4,
+            context_dim: 4,
+            context_len: 3,
+            freq_dim: 16,
+        }
+    }
+
+    #[test]
+    fn params_match_a_hand_count() {
+        // D = 8, token dim p = 2*1*2*2 = 8, E = 4, F = 16
+        // block: adaLN 8*48+48 = 432; self 8*24+24 + 8*8+8 = 288; cross 72 + 8*16+16 + 72 = 288;
+        //        LN 16; MLP 8*32+32 + 32*8+8 = 552  -> 1576
+        // embed: patch 72, t-MLP 16*8+8 + 72 = 208, ctx 4*8+8 = 40, pooled 40 -> 360
+        // final: 8*16+16 + 8*8+8 = 216
+        assert_eq!(tiny().params(), 360 + 1576 + 216);
+    }
+
+    #[test]
+    fn flops_match_a_hand_count() {
+        // N = 4 tokens, batch 1: self QK^T and AV 2*4*8*4 each = 256 + 256,
+        // cross with L = 3: 2*4*8*3 each = 192 + 192 -> 896
+        let c = tiny().step_cost(4, 1);
+        assert_eq!(c.attention_flops, 896);
+        // self qkv 2*4*8*24 = 1536, out 512; cross q 512, kv 2*3*8*16 = 768, out 512
+        assert_eq!(c.attention_proj_flops, 1536 + 512 + 512 + 768 + 512);
+        // MLP 2*4*8*32 * 2
+        assert_eq!(c.mlp_flops, 4096);
+        // patch 2*4*8*8 = 512, t-MLP 256 + 128, ctx 2*3*4*8 = 192, pooled 64,
+        // modulation 2*8*48 = 768, final adaLN 256 + linear 512
+        assert_eq!(c.other_flops, 512 + 256 + 128 + 192 + 64 + 768 + 256 + 512);
+        assert_eq!(
+            c.total_flops,
+            c.attention_flops + c.attention_proj_flops + c.mlp_flops + c.other_flops
+        );
+        // batch 2 doubles everything
+        assert_eq!(tiny().step_cost(4, 2).total_flops, 2 * c.total_flops);
+    }
+}

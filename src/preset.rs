@@ -1,0 +1,121 @@
+//! Named model presets: the CPU default that ships in `samples/`, and DiT's
+//! S, B, L and XL widths and depths (Peebles and Xie 2023, table 1) for
+//! benchmarks and scaling work.
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::shapes_world::Canvas;
+use crate::dit::DitConfig;
+use crate::patch::PatchSize;
+use crate::{invalid, Result};
+
+/// The compression network's factors: time `t`, space `s` (height and
+/// width), and latent channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compression {
+    pub t: usize,
+    pub s: usize,
+    pub channels: usize,
+}
+
+impl Compression {
+    /// Factors along `(T, H, W)`.
+    pub fn factors(&self) -> [usize; 3] {
+        [self.t, self.s, self.s]
+    }
+}
+
+/// A whole model's shape: clip size, compression and DiT.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preset {
+    pub name: &'static str,
+    pub summary: &'static str,
+    /// The clip size it is trained and sampled at by default.
+    pub canvas: Canvas,
+    pub compression: Compression,
+    pub dit: DitConfig,
+}
+
+/// Names accepted by [`preset`].
+pub const NAMES: &[&str] = &["default", "S", "B", "L", "XL"];
+
+/// Latent of the default compression network: 2x in time, 4x in space, 4
+/// channels (a 16x32x32 clip becomes 4x8x8x8).
+const COMPRESSION: Compression = Compression {
+    t: 2,
+    s: 4,
+    channels: 4,
+};
+
+fn dit(hidden: usize, depth: usize, heads: usize, context_dim: usize) -> DitConfig {
+    DitConfig {
+        latent_channels: COMPRESSION.channels,
+        patch: PatchSize { t: 1, h: 2, w: 2 },
+        hidden,
+        depth,
+        heads,
+        mlp_ratio: 4,
+        context_dim,
+        // the longest Shapes World caption has 15 words
+        context_len: 16,
+        freq_dim: 256,
+    }
+}
+
+/// The preset called `name` (case-insensitive).
+pub fn preset(name: &str) -> Result<Preset> {
+    let big = Canvas {
+        frames: 16,
+        height: 64,
+        width: 64,
+    };
+    let (name, summary, canvas, dit) = match name.to_ascii_lowercase().as_str() {
+        "default" => (
+            "default",
+            "the CPU model that ships in samples/",
+            Canvas::DEFAULT,
+            dit(192, 6, 6, 128),
+        ),
+        "s" => ("S", "DiT-S width and depth", big, dit(384, 12, 6, 256)),
+        "b" => ("B", "DiT-B width and depth", big, dit(768, 12, 12, 256)),
+        "l" => ("L", "DiT-L width and depth", big, dit(1024, 24, 16, 256)),
+        "xl" => ("XL", "DiT-XL width and depth", big, dit(1152, 28, 16, 256)),
+        _ => invalid!(
+            "unknown preset \"{name}\": expected one of {}",
+            NAMES.join(", ")
+        ),
+    };
+    Ok(Preset {
+        name,
+        summary,
+        canvas,
+        compression: COMPRESSION,
+        dit,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_resolves_and_unknown_ones_list_the_names() {
+        for name in NAMES {
+            assert_eq!(&preset(name).unwrap().name, name);
+        }
+        assert_eq!(preset("xl").unwrap().dit.hidden, 1152);
+        let err = preset("huge").unwrap_err().to_string();
+        assert!(
+            err.contains("huge") && err.contains("default, S, B, L, XL"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn xl_is_the_size_of_dit_xl_plus_cross_attention() {
+        // DiT-XL/2 has 675M parameters; cross-attention adds 4 D^2 per block
+        let p = preset("XL").unwrap().dit.params() as f64;
+        let cross = 28.0 * 4.0 * 1152.0 * 1152.0;
+        assert!(((p - cross) / 675e6 - 1.0).abs() < 0.02, "{p}");
+    }
+}
