@@ -19,13 +19,17 @@
 //! `(T, H, W, 3)`. All randomness comes from an explicit seed through
 //! [`rng::Rng`], so the same seed gives the same bytes on every machine.
 
+pub mod checkpoint;
 pub mod data;
 pub mod dit;
 pub mod error;
 pub mod inspect;
+pub mod ops;
 pub mod patch;
 pub mod preset;
 pub mod rng;
+pub mod train;
+pub mod vae;
 pub mod video;
 
 pub use error::{Error, Result};

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -60,6 +61,106 @@ enum Command {
         minisora inspect clip.mp4 --preset XL --compress 4,8,8"
     )]
     Inspect(InspectArgs),
+    /// Train a stage of the model: `train vae` (the compression network)
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Use a trained compression network: `vae roundtrip`, `vae eval`
+    #[command(subcommand)]
+    Vae(VaeCommand),
+}
+
+#[derive(Subcommand)]
+enum TrainCommand {
+    /// Train the video compression network (spacetime VAE)
+    #[command(after_help = "OUT/checkpoint/ holds the latest checkpoint (written atomically every \
+        --checkpoint-every steps and at the end), OUT/log.csv one row per step. Interrupted? Run the \
+        same command with --resume: it continues exactly where the checkpoint stopped.\n\n\
+        Example (the shipped autoencoder):\n  minisora train vae --steps 3000 --batch 8 --out runs/vae")]
+    Vae(TrainVaeArgs),
+}
+
+#[derive(Subcommand)]
+enum VaeCommand {
+    /// Encode and decode a video file or PNG-frame folder
+    Roundtrip(VaeRoundtripArgs),
+    /// PSNR and colour error on held-out Shapes World clips (or a folder)
+    Eval(VaeEvalArgs),
+}
+
+#[derive(Args)]
+struct TrainVaeArgs {
+    /// Autoencoder preset: default or tiny
+    #[arg(long, default_value = "default")]
+    preset: String,
+    /// Training clips: "shapes" (rendered on the fly) or a clip folder
+    #[arg(long, default_value = "shapes")]
+    data: String,
+    /// Optimizer steps in all
+    #[arg(long, default_value_t = 3000)]
+    steps: u64,
+    /// Clips per step
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Peak learning rate (after warm-up; cosine decay to 10% of it)
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Warm-up steps
+    #[arg(long, default_value_t = 100)]
+    warmup: u64,
+    /// Seed of the data order, initial weights and noise
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    clip: ClipArgs,
+    /// Steps between checkpoints
+    #[arg(long, default_value_t = 250)]
+    checkpoint_every: u64,
+    /// Run folder
+    #[arg(long, default_value = "runs/vae")]
+    out: PathBuf,
+    /// Continue the checkpoint in --out
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this step (with a checkpoint), to continue later with --resume
+    #[arg(long)]
+    stop_at: Option<u64>,
+}
+
+#[derive(Args)]
+struct VaeRoundtripArgs {
+    /// A video file, GIF or folder of PNG frames
+    input: PathBuf,
+    /// Autoencoder checkpoint [default: the shipped samples/vae]
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Write the input and the reconstruction side by side
+    #[arg(long)]
+    side_by_side: bool,
+    /// Frames per second of mp4 and GIF outputs
+    #[arg(long, default_value_t = 8.0)]
+    fps: f64,
+    /// Nearest-neighbour upscale of the output
+    #[arg(long, default_value_t = 1)]
+    scale: usize,
+    /// Output (format from the name, as for render)
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+#[derive(Args)]
+struct VaeEvalArgs {
+    /// Autoencoder checkpoint [default: the shipped samples/vae]
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Held-out clips to score
+    #[arg(long, default_value_t = 200)]
+    count: usize,
+    /// Score a clip folder instead of held-out Shapes World clips
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -212,6 +313,127 @@ fn inspect(args: InspectArgs) -> Result<()> {
     Ok(())
 }
 
+/// The shipped checkpoint `samples/NAME`: in the current directory if there,
+/// else beside the sources minisora was built from.
+fn shipped(name: &str) -> PathBuf {
+    let here = PathBuf::from("samples").join(name);
+    if here.exists() {
+        return here;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("samples").join(name)
+}
+
+fn progress_bar(total: u64, position: u64) -> Result<ProgressBar> {
+    let bar = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}").context("progress bar template")?,
+    );
+    bar.set_position(position);
+    Ok(bar)
+}
+
+fn train_vae(args: TrainVaeArgs) -> Result<()> {
+    use minisora::train::{vae, RunConfig};
+    let config = minisora::vae::VaeConfig::preset(&args.preset)?;
+    let run = RunConfig {
+        steps: args.steps,
+        batch: args.batch,
+        lr: args.lr,
+        warmup: args.warmup,
+        lr_floor: 0.1,
+        seed: args.seed,
+        data: args.data.clone(),
+        frames: args.clip.frames,
+        height: args.clip.height,
+        width: args.clip.width,
+        checkpoint_every: args.checkpoint_every.max(1),
+    };
+    let command: Vec<String> = std::env::args().collect();
+    let bar = progress_bar(args.steps, 0)?;
+    let outcome = vae::train(&args.out, &config, &run, args.resume, args.stop_at, &command.join(" "), &Device::Cpu, |r| {
+        bar.set_position(r.step);
+        let psnr = r.extra.iter().find(|(k, _)| *k == "psnr").map_or(0.0, |(_, v)| *v);
+        bar.set_message(format!("loss {:.5}  psnr {psnr:.2} dB  {:.1} clips/s", r.loss, r.clips_per_s));
+    })?;
+    bar.finish();
+    println!(
+        "step {} of {}: checkpoint {} ({:.0} s this run)",
+        outcome.step,
+        args.steps,
+        outcome.checkpoint.display(),
+        outcome.seconds
+    );
+    Ok(())
+}
+
+fn vae_roundtrip(args: VaeRoundtripArgs) -> Result<()> {
+    let ckpt_dir = args.checkpoint.unwrap_or_else(|| shipped("vae"));
+    let ckpt = minisora::train::vae::load(&ckpt_dir, &Device::Cpu)?;
+    let frames = video::read(&args.input, &Default::default())?;
+    let (t, h, w, _) = frames.dim();
+    ckpt.meta.vae.latent_size([t, h, w]).with_context(|| format!("{} cannot be encoded", args.input.display()))?;
+    let x = video::frames_to_tensor(&frames.view(), &Device::Cpu)?;
+    let recon = video::tensor_to_frames(&ckpt.vae.reconstruct(&x)?)?;
+    let out = if args.side_by_side { ndarray::concatenate(ndarray::Axis(2), &[frames.view(), recon.view()])? } else { recon.clone() };
+    let options = WriteOptions { fps: args.fps, scale: args.scale };
+    video::write(&args.output, &out.view(), &options)?;
+    let mut stats = minisora::vae::eval::ReconStats::default();
+    stats.add(&frames, &recon);
+    println!("PSNR {:.2} dB; wrote {}", stats.report().psnr, video::describe(&args.output, &out.view(), &options));
+    Ok(())
+}
+
+fn vae_eval(args: VaeEvalArgs) -> Result<()> {
+    use minisora::train::{DataSource, HELD_OUT};
+    let ckpt_dir = args.checkpoint.unwrap_or_else(|| shipped("vae"));
+    let ckpt = minisora::train::vae::load(&ckpt_dir, &Device::Cpu)?;
+    let run = &ckpt.meta.run;
+    let canvas = run.canvas()?;
+    let (source, count) = match &args.data {
+        Some(dir) => {
+            let data = minisora::train::data_source(&dir.to_string_lossy(), canvas, 0)?;
+            let n = match &data {
+                DataSource::Folder { clips, .. } => clips.len(),
+                DataSource::Shapes { .. } => 0,
+            };
+            (data, n)
+        }
+        None => (DataSource::Shapes { canvas, seed: run.seed }, args.count),
+    };
+    let bar = progress_bar(count as u64, 0)?;
+    let mut stats = minisora::vae::eval::ReconStats::default();
+    for i in 0..count {
+        // folders: every clip once, in order; Shapes World: held-out stream ids
+        let (frames, _) = match &source {
+            DataSource::Folder { clips, .. } => {
+                let f = video::read(&clips[i].video, &minisora::video::ReadOptions { size: Some((canvas.height, canvas.width)) })?;
+                let t = f.dim().0 / ckpt.meta.vae.ft * ckpt.meta.vae.ft;
+                (f.slice(ndarray::s![..t, .., .., ..]).to_owned(), String::new())
+            }
+            DataSource::Shapes { .. } => source.clip(HELD_OUT + i as u64)?,
+        };
+        let x = video::frames_to_tensor(&frames.view(), &Device::Cpu)?;
+        stats.add(&frames, &video::tensor_to_frames(&ckpt.vae.reconstruct(&x)?)?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let report = stats.report();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("checkpoint   {} (step {})", ckpt_dir.display(), ckpt.meta.step);
+        let what = match &args.data {
+            Some(d) => d.display().to_string(),
+            None => "held-out Shapes World clips (never used in training)".into(),
+        };
+        println!("clips        {} {what}", report.clips);
+        println!("PSNR         {:.2} dB (all pixels), {:.2} dB mean per clip", report.psnr, report.psnr_mean_per_clip);
+        if let Some(e) = report.object_colour_error {
+            println!("colour error {e:.2} of 255, mean absolute, inside objects");
+        }
+    }
+    Ok(())
+}
+
 fn render(args: RenderArgs) -> Result<()> {
     let canvas = args.clip.canvas()?;
     let scene = match &args.prompt {
@@ -269,6 +491,9 @@ fn run() -> Result<()> {
         Command::Render(args) => render(args),
         Command::Data(args) => data(args),
         Command::Inspect(args) => inspect(args),
+        Command::Train(TrainCommand::Vae(args)) => train_vae(args),
+        Command::Vae(VaeCommand::Roundtrip(args)) => vae_roundtrip(args),
+        Command::Vae(VaeCommand::Eval(args)) => vae_eval(args),
     }
 }
 

@@ -6,4 +6,5 @@ mod inspect;
 mod parser;
 mod patch;
 mod shapes_world;
+mod vae;
 mod video;

@@ -1,0 +1,7 @@
+//! minisora's own tensor ops with hand-written backward passes, where
+//! candle's generic ops spend their time in strided copies. Each has a
+//! reference built from candle's generic ops that tests compare it with.
+
+mod gather;
+
+pub use gather::{gather_neighbours, gather_neighbours_reference};

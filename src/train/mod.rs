@@ -1,0 +1,241 @@
+//! Training machinery shared by every trainable stage: AdamW with savable
+//! state, the learning-rate schedule, seeded noise, the CSV log, and the
+//! data source (Shapes World rendered on the fly, or a clip folder).
+//!
+//! Everything a step uses is a function of the run's seed and the step
+//! number, so a run resumed from a checkpoint continues exactly where it
+//! stopped.
+
+pub mod optim;
+pub mod vae;
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::data::clips::{self, shapes_world_item, ClipEntry};
+use crate::data::shapes_world::{render, Canvas};
+use crate::rng::Rng;
+use crate::video::{self, frames_to_tensor, ReadOptions};
+use crate::{invalid, Error, Result};
+
+/// Stream ids at or above this are held out: training never draws them, so
+/// evaluation clips are unseen.
+pub const HELD_OUT: u64 = 1 << 63;
+
+/// `n` values from `N(0, 1)` (Box-Muller over [`Rng`]): same seed, same noise.
+pub fn gaussian(rng: &mut Rng, n: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let u1 = rng.uniform().max(f64::MIN_POSITIVE);
+        let u2 = rng.uniform();
+        let r = (-2.0 * u1.ln()).sqrt();
+        let a = std::f64::consts::TAU * u2;
+        out.push((r * a.cos()) as f32);
+        out.push((r * a.sin()) as f32);
+    }
+    out.truncate(n);
+    out
+}
+
+/// A standard normal tensor of `shape` from `rng`.
+pub fn randn(rng: &mut Rng, shape: &[usize], device: &Device) -> Result<Tensor> {
+    let n = shape.iter().product();
+    Ok(Tensor::from_vec(gaussian(rng, n), shape, device)?)
+}
+
+/// Where training clips come from.
+#[derive(Clone, Debug)]
+pub enum DataSource {
+    /// Shapes World clips rendered on the fly; clip `i` of step `s` is stream
+    /// `s * batch + i` of `seed`.
+    Shapes { canvas: Canvas, seed: u64 },
+    /// A folder of captioned clips (see [`crate::data::clips`]), each resized
+    /// to the canvas and cut to its frame count.
+    Folder { canvas: Canvas, seed: u64, clips: Vec<ClipEntry>, dir: PathBuf },
+}
+
+/// What `--data` says: `shapes`, or a folder.
+pub fn data_source(spec: &str, canvas: Canvas, seed: u64) -> Result<DataSource> {
+    if spec == "shapes" {
+        return Ok(DataSource::Shapes { canvas, seed });
+    }
+    let dir = PathBuf::from(spec);
+    if !dir.is_dir() {
+        invalid!("--data must be \"shapes\" or a folder of clips; \"{spec}\" is neither");
+    }
+    let clips = clips::list(&dir)?;
+    if clips.is_empty() {
+        invalid!("{}: no captioned clips (each clip needs a NAME.txt caption beside it)", dir.display());
+    }
+    Ok(DataSource::Folder { canvas, seed, clips, dir })
+}
+
+impl DataSource {
+    pub fn canvas(&self) -> Canvas {
+        match self {
+            DataSource::Shapes { canvas, .. } | DataSource::Folder { canvas, .. } => *canvas,
+        }
+    }
+
+    /// The clips of one step, `(B, 3, T, H, W)` in `[-1, 1]`, with captions.
+    pub fn batch(&self, step: u64, batch: usize, device: &Device) -> Result<(Tensor, Vec<String>)> {
+        let mut clips = Vec::with_capacity(batch);
+        let mut captions = Vec::with_capacity(batch);
+        for i in 0..batch {
+            let id = step * batch as u64 + i as u64;
+            let (frames, caption) = self.clip(id)?;
+            clips.push(frames_to_tensor(&frames.view(), device)?);
+            captions.push(caption);
+        }
+        Ok((Tensor::cat(&clips, 0)?, captions))
+    }
+
+    /// Clip `id` as frames `(T, H, W, 3)` and its caption.
+    pub fn clip(&self, id: u64) -> Result<(video::Frames, String)> {
+        match self {
+            DataSource::Shapes { canvas, seed } => {
+                let (scene, render_seed) = shapes_world_item(*seed, id as usize);
+                Ok((render(&scene, *canvas, render_seed)?.frames, scene.caption()))
+            }
+            DataSource::Folder { canvas, seed, clips, .. } => {
+                let entry = &clips[Rng::derive(*seed, id).below(clips.len())];
+                let frames = video::read(&entry.video, &ReadOptions { size: Some((canvas.height, canvas.width)) })?;
+                let t = frames.dim().0;
+                if t < canvas.frames {
+                    invalid!("{}: has {t} frames, training needs {}", entry.video.display(), canvas.frames);
+                }
+                let frames = frames.slice(ndarray::s![..canvas.frames, .., .., ..]).to_owned();
+                Ok((frames, entry.caption.clone()))
+            }
+        }
+    }
+}
+
+/// An append-only CSV log that a resumed run first cuts back to its
+/// checkpoint, so every step appears once.
+pub struct CsvLog {
+    path: PathBuf,
+}
+
+impl CsvLog {
+    /// Opens `path` with `header`; keeps rows with step `<= keep_until` (the
+    /// step of the checkpoint resumed from), or starts afresh if `None`.
+    pub fn open(path: &Path, header: &str, keep_until: Option<u64>) -> Result<Self> {
+        let mut text = format!("{header}\n");
+        if let (Some(last), Ok(old)) = (keep_until, fs::read_to_string(path)) {
+            for line in old.lines().skip(1) {
+                let step = line.split(',').next().and_then(|s| s.parse::<u64>().ok());
+                if step.is_some_and(|s| s <= last) {
+                    text += line;
+                    text += "\n";
+                }
+            }
+        }
+        fs::write(path, text).map_err(|e| Error::io(path, e))?;
+        Ok(Self { path: path.to_path_buf() })
+    }
+
+    pub fn append(&mut self, row: &str) -> Result<()> {
+        let mut f = OpenOptions::new().append(true).open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        writeln!(f, "{row}").map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// Settings of a training run that must stay the same across resumes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// Total optimizer steps.
+    pub steps: u64,
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    pub warmup: u64,
+    /// Final learning rate as a fraction of the peak.
+    pub lr_floor: f64,
+    pub seed: u64,
+    /// `shapes` or the clip folder trained on.
+    pub data: String,
+    pub frames: usize,
+    pub height: usize,
+    pub width: usize,
+    /// Steps between checkpoints.
+    pub checkpoint_every: u64,
+}
+
+impl RunConfig {
+    pub fn canvas(&self) -> Result<Canvas> {
+        Canvas::new(self.frames, self.height, self.width)
+    }
+}
+
+/// One step's figures, for the progress bar and the log.
+#[derive(Clone, Debug)]
+pub struct StepReport {
+    pub step: u64,
+    pub total: u64,
+    pub lr: f64,
+    pub loss: f64,
+    /// Named extra figures (`mse`, `kl`, ...).
+    pub extra: Vec<(&'static str, f64)>,
+    pub clips_per_s: f64,
+}
+
+/// Re-draws every variable that is not all zeros from `seed`: weights
+/// (rank >= 2) from `N(0, 1 / fan_in)` (LeCun normal), biases zero. candle's
+/// CPU initialisers draw from an unseeded thread RNG; this makes a run's
+/// starting point a function of its seed. Zero-initialised variables
+/// (adaLN-Zero, residual outputs) stay zero.
+pub fn seeded_init(varmap: &candle_nn::VarMap, seed: u64) -> Result<()> {
+    let vars = varmap.data().lock().map_err(|_| Error::Invalid("variable map poisoned".into()))?;
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for (i, name) in names.into_iter().enumerate() {
+        let var = &vars[name];
+        let t = var.as_tensor();
+        let nonzero = t.abs()?.sum_all()?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? > 0.0;
+        if !nonzero {
+            continue;
+        }
+        let dims = t.dims().to_vec();
+        let value = if dims.len() >= 2 {
+            let fan_in: usize = dims[1..].iter().product();
+            let mut rng = Rng::derive(seed, i as u64);
+            (randn(&mut rng, &dims, t.device())? * (1.0 / (fan_in as f64).sqrt()))?
+        } else {
+            t.zeros_like()?
+        };
+        var.set(&value.to_dtype(t.dtype())?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaussian_noise_has_unit_moments_and_repeats() {
+        let a = gaussian(&mut Rng::new(4), 20_001);
+        assert_eq!(a, gaussian(&mut Rng::new(4), 20_001));
+        let mean = a.iter().map(|&v| v as f64).sum::<f64>() / a.len() as f64;
+        let var = a.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / a.len() as f64;
+        assert!(mean.abs() < 0.03 && (var - 1.0).abs() < 0.03, "{mean} {var}");
+    }
+
+    #[test]
+    fn the_log_is_cut_back_to_the_resumed_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.csv");
+        let mut log = CsvLog::open(&path, "step,loss", None).unwrap();
+        for s in 1..=5 {
+            log.append(&format!("{s},0.5")).unwrap();
+        }
+        let mut log = CsvLog::open(&path, "step,loss", Some(3)).unwrap();
+        log.append("4,0.25").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "step,loss\n1,0.5\n2,0.5\n3,0.5\n4,0.25\n");
+    }
+}

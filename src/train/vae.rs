@@ -1,0 +1,223 @@
+//! Training the compression network, and its checkpoints.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+use super::optim::{learning_rate, AdamW, AdamWConfig};
+use super::{randn, seeded_init, CsvLog, DataSource, RunConfig, StepReport, HELD_OUT};
+use crate::checkpoint::{self, read_json, read_tensors, write_json, write_tensors};
+use crate::data::shapes_world::CONTRACT_VERSION;
+use crate::rng::Rng;
+use crate::vae::{Vae, VaeConfig};
+use crate::{invalid, Error, Result};
+
+/// `config.json` of an autoencoder checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VaeMeta {
+    /// Always `"vae"`.
+    pub kind: String,
+    /// Shapes World contract version of the training data.
+    pub contract: u32,
+    pub vae: VaeConfig,
+    pub run: RunConfig,
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Multiply latents by this to give them unit variance (measured on
+    /// training-distribution clips when the checkpoint was written).
+    pub scale_factor: f64,
+    /// Mean of the latents it was measured on.
+    pub latent_mean: f64,
+    /// The command that trained it.
+    pub command: String,
+    pub minisora_version: String,
+}
+
+/// A loaded autoencoder with its variables and metadata.
+pub struct VaeCheckpoint {
+    pub meta: VaeMeta,
+    pub vae: Vae,
+    pub varmap: VarMap,
+}
+
+fn build(config: &VaeConfig, device: &Device) -> Result<(Vae, VarMap)> {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+    let vae = Vae::new(config, vb)?;
+    Ok((vae, varmap))
+}
+
+/// Loads an autoencoder checkpoint directory (`config.json` +
+/// `model.safetensors`), checking kind, contract and every weight.
+pub fn load(dir: &Path, device: &Device) -> Result<VaeCheckpoint> {
+    checkpoint::recover(dir)?;
+    if !dir.is_dir() {
+        invalid!("{}: no such checkpoint directory", dir.display());
+    }
+    let meta: VaeMeta = read_json(&dir.join("config.json"))?;
+    if meta.kind != "vae" {
+        invalid!("{}: is a \"{}\" checkpoint, not an autoencoder (vae)", dir.display(), meta.kind);
+    }
+    if meta.contract != CONTRACT_VERSION {
+        invalid!("{}: trained on Shapes World v{}, this minisora implements v{CONTRACT_VERSION}", dir.display(), meta.contract);
+    }
+    let (vae, varmap) = build(&meta.vae, device)?;
+    let weights = dir.join("model.safetensors");
+    checkpoint::load_into(&varmap, &read_tensors(&weights, device)?, &weights)?;
+    Ok(VaeCheckpoint { meta, vae, varmap })
+}
+
+/// Writes a checkpoint atomically; with `optimizer`, its state too (for resume).
+pub fn save(dir: &Path, meta: &VaeMeta, varmap: &VarMap, optimizer: Option<&AdamW>) -> Result<()> {
+    let weights = checkpoint::named_tensors(varmap)?;
+    checkpoint::write_dir(dir, |tmp| {
+        write_json(&tmp.join("config.json"), meta)?;
+        write_tensors(&tmp.join("model.safetensors"), &weights)?;
+        if let Some(opt) = optimizer {
+            write_tensors(&tmp.join("optimizer.safetensors"), &opt.state())?;
+        }
+        Ok(())
+    })
+}
+
+/// Measures the latent statistics on `count` training-distribution clips:
+/// returns `(mean, std)` of the posterior means.
+pub fn latent_stats(vae: &Vae, data: &DataSource, count: usize, device: &Device) -> Result<(f64, f64)> {
+    let mut values: Vec<f32> = Vec::new();
+    let batch = 8;
+    for k in 0..count.div_ceil(batch) {
+        // a block of stream ids of its own, past any run's training ids
+        let (x, _) = data.batch((HELD_OUT >> 1) / batch as u64 + k as u64, batch, device)?;
+        values.extend(vae.encode(&x)?.mean.flatten_all()?.to_vec1::<f32>()?);
+    }
+    let n = values.len().max(1) as f64;
+    let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    Ok((mean, var.sqrt().max(1e-8)))
+}
+
+/// How a training run ended.
+#[derive(Clone, Debug)]
+pub struct TrainOutcome {
+    pub step: u64,
+    pub checkpoint: PathBuf,
+    pub seconds: f64,
+}
+
+/// Trains (or, with `resume`, continues) an autoencoder in `out`:
+/// `out/checkpoint/` holds the latest checkpoint, `out/log.csv` the losses.
+/// Stops after step `stop_at` if given (with a checkpoint), or at
+/// `run.steps`. A NaN or infinite loss stops the run with an error and
+/// leaves the last checkpoint as it was.
+pub fn train(
+    out: &Path,
+    config: &VaeConfig,
+    run: &RunConfig,
+    resume: bool,
+    stop_at: Option<u64>,
+    command: &str,
+    device: &Device,
+    mut on_step: impl FnMut(&StepReport),
+) -> Result<TrainOutcome> {
+    config.validate()?;
+    let canvas = run.canvas()?;
+    config.latent_size([canvas.frames, canvas.height, canvas.width])?;
+    if run.batch == 0 || run.steps == 0 {
+        invalid!("steps and batch must be at least 1");
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let ckpt_dir = out.join("checkpoint");
+    checkpoint::recover(&ckpt_dir)?;
+    let data = super::data_source(&run.data, canvas, run.seed)?;
+    let (vae, varmap, mut opt, start) = if resume {
+        let ckpt = load(&ckpt_dir, device).map_err(|e| Error::Invalid(format!("cannot resume: {e}")))?;
+        if ckpt.meta.vae != *config {
+            invalid!("cannot resume: {} was trained with another autoencoder configuration", ckpt_dir.display());
+        }
+        let same_run = RunConfig { steps: run.steps, ..ckpt.meta.run.clone() };
+        if same_run != *run {
+            invalid!(
+                "cannot resume: {} was trained with other settings ({}); only --steps may change",
+                ckpt_dir.display(),
+                serde_json::to_string(&ckpt.meta.run).unwrap_or_default()
+            );
+        }
+        let mut opt = AdamW::new(ckpt.varmap.data().lock().map_err(|_| Error::Invalid("poisoned".into()))?.clone(), AdamWConfig::default())?;
+        opt.load_state(&read_tensors(&ckpt_dir.join("optimizer.safetensors"), device)?, ckpt.meta.step)?;
+        (ckpt.vae, ckpt.varmap, opt, ckpt.meta.step)
+    } else {
+        if ckpt_dir.exists() {
+            invalid!("{} already holds a checkpoint: pass --resume to continue it, or choose another --out", ckpt_dir.display());
+        }
+        let (vae, varmap) = build(config, device)?;
+        seeded_init(&varmap, run.seed)?;
+        let vars = varmap.data().lock().map_err(|_| Error::Invalid("poisoned".into()))?.clone();
+        (vae, varmap, AdamW::new(vars, AdamWConfig::default())?, 0)
+    };
+    let mut log = CsvLog::open(&out.join("log.csv"), "step,lr,loss,mse,kl,psnr,clips_per_s", resume.then_some(start))?;
+    let end = stop_at.unwrap_or(run.steps).min(run.steps);
+    let started = Instant::now();
+    let meta = |step: u64, stats: (f64, f64)| VaeMeta {
+        kind: "vae".into(),
+        contract: CONTRACT_VERSION,
+        vae: config.clone(),
+        run: run.clone(),
+        step,
+        scale_factor: 1.0 / stats.1,
+        latent_mean: stats.0,
+        command: command.to_string(),
+        minisora_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let checkpoint_now = |step: u64, opt: &AdamW| -> Result<()> {
+        let stats = latent_stats(&vae, &data, 32, device)?;
+        save(&ckpt_dir, &meta(step, stats), &varmap, Some(opt))
+    };
+    for step in start..end {
+        let t0 = Instant::now();
+        let (x, _) = data.batch(step, run.batch, device)?;
+        let latent_shape = {
+            let [lt, lh, lw] = config.latent_size([canvas.frames, canvas.height, canvas.width])?;
+            [run.batch, config.latent_channels, lt, lh, lw]
+        };
+        let eps = randn(&mut Rng::derive(run.seed ^ 0x5eed_0f_e95, step), &latent_shape, device)?;
+        let (loss, mse, kl) = vae.loss(&x, &eps)?;
+        let loss_v = loss.to_scalar::<f32>()? as f64;
+        if !loss_v.is_finite() {
+            invalid!(
+                "the loss became {loss_v} at step {}: stopping; the last checkpoint ({}) is kept. Try a lower --lr.",
+                step + 1,
+                ckpt_dir.display()
+            );
+        }
+        let lr = learning_rate(step, run.steps, run.warmup, run.lr, run.lr_floor);
+        opt.step(&loss.backward()?, lr)?;
+        let mse_v = mse.to_scalar::<f32>()? as f64;
+        let kl_v = kl.to_scalar::<f32>()? as f64;
+        // frames live in [-1, 1]: an error of 2 is the full 8-bit range
+        let psnr = 10.0 * (4.0 / mse_v.max(1e-12)).log10();
+        let cps = run.batch as f64 / t0.elapsed().as_secs_f64();
+        log.append(&format!("{},{lr:.6e},{loss_v:.6},{mse_v:.6},{kl_v:.6},{psnr:.3},{cps:.2}", step + 1))?;
+        on_step(&StepReport {
+            step: step + 1,
+            total: run.steps,
+            lr,
+            loss: loss_v,
+            extra: vec![("psnr", psnr), ("kl", kl_v)],
+            clips_per_s: cps,
+        });
+        if (step + 1) % run.checkpoint_every == 0 && step + 1 < end {
+            checkpoint_now(step + 1, &opt)?;
+        }
+    }
+    if end > start || !resume {
+        checkpoint_now(end, &opt)?;
+    }
+    Ok(TrainOutcome {
+        step: end,
+        checkpoint: ckpt_dir,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

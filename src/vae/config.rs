@@ -1,0 +1,94 @@
+//! The autoencoder's hyper-parameters.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{invalid, Result};
+
+/// Every hyper-parameter of the compression network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VaeConfig {
+    /// Temporal compression: frames per latent frame (1, 2 or 4).
+    pub ft: usize,
+    /// Spatial compression: pixels per latent pixel along height and width (4 or 8).
+    pub fs: usize,
+    /// Latent channels `C`.
+    pub latent_channels: usize,
+    /// Width of the hidden features at latent resolution.
+    pub width: usize,
+    /// Residual (2+1)D blocks in the encoder and, as many, in the decoder.
+    pub blocks: usize,
+    /// Weight of the KL term (mean over latent values) against the mean
+    /// squared reconstruction error: small, so the latent stays close to a
+    /// Gaussian without costing detail.
+    pub kl_weight: f64,
+}
+
+impl VaeConfig {
+    /// The default compression network: 2x in time, 4x in space, 8 channels
+    /// (a 16x32x32 clip becomes 8x8x8x8, 12x fewer values).
+    pub fn default_preset() -> Self {
+        Self {
+            ft: 2,
+            fs: 4,
+            latent_channels: 8,
+            width: 128,
+            blocks: 3,
+            kl_weight: 1e-4,
+        }
+    }
+
+    /// A tiny configuration for tests.
+    pub fn tiny() -> Self {
+        Self {
+            ft: 2,
+            fs: 4,
+            latent_channels: 4,
+            width: 16,
+            blocks: 1,
+            kl_weight: 1e-4,
+        }
+    }
+
+    /// The preset called `name`.
+    pub fn preset(name: &str) -> Result<Self> {
+        match name {
+            "default" => Ok(Self::default_preset()),
+            "tiny" => Ok(Self::tiny()),
+            _ => invalid!("unknown autoencoder preset \"{name}\": expected default or tiny"),
+        }
+    }
+
+    /// Checks the factors and widths.
+    pub fn validate(&self) -> Result<()> {
+        if ![1, 2, 4].contains(&self.ft) {
+            invalid!("temporal factor ft must be 1, 2 or 4, got {}", self.ft);
+        }
+        if ![4, 8].contains(&self.fs) {
+            invalid!("spatial factor fs must be 4 or 8, got {}", self.fs);
+        }
+        if self.latent_channels == 0 || self.width == 0 {
+            invalid!("latent channels and width must be positive");
+        }
+        Ok(())
+    }
+
+    /// Values in one input patch: `3 * ft * fs * fs`.
+    pub fn patch_dim(&self) -> usize {
+        3 * self.ft * self.fs * self.fs
+    }
+
+    /// Latent size `[T', H', W']` for an input `[T, H, W]`, or an error
+    /// naming the axis the factors do not divide.
+    pub fn latent_size(&self, size: [usize; 3]) -> Result<[usize; 3]> {
+        let factors = [self.ft, self.fs, self.fs];
+        for (axis, (&n, &f)) in ["frames", "height", "width"].iter().zip(size.iter().zip(&factors)) {
+            if n == 0 || n % f != 0 {
+                invalid!(
+                    "{axis} {n} is not divisible by the compression factor {f} (use a multiple of {f}, e.g. {})",
+                    (n / f).max(1) * f
+                );
+            }
+        }
+        Ok([size[0] / self.ft, size[1] / self.fs, size[2] / self.fs])
+    }
+}

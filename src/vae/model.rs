@@ -1,0 +1,139 @@
+//! The autoencoder: encoder, decoder, and the training loss.
+
+use candle_core::Tensor;
+use candle_nn::{Linear, VarBuilder};
+
+use super::blocks::{apply_last, ResBlock};
+use super::VaeConfig;
+use crate::patch::{patchify, unpatchify, PatchSize, Remainder};
+use crate::Result;
+
+/// The encoder's Gaussian over latents.
+#[derive(Clone, Debug)]
+pub struct Posterior {
+    /// `(B, C, T', H', W')`.
+    pub mean: Tensor,
+    /// `(B, C, T', H', W')`, clamped to `[-30, 20]`.
+    pub logvar: Tensor,
+}
+
+impl Posterior {
+    /// A sample `mean + exp(logvar / 2) * eps` with `eps ~ N(0, I)` given.
+    pub fn sample(&self, eps: &Tensor) -> Result<Tensor> {
+        Ok((&self.mean + (self.logvar.affine(0.5, 0.0)?.exp()? * eps)?)?)
+    }
+
+    /// KL divergence to `N(0, I)`, averaged over latent values.
+    pub fn kl(&self) -> Result<Tensor> {
+        // KL = 1/2 (mu^2 + sigma^2 - 1 - log sigma^2)
+        let kl = ((self.mean.sqr()? + self.logvar.exp()?)? - 1.0)? - &self.logvar;
+        Ok((kl? * 0.5)?.mean_all()?)
+    }
+}
+
+struct Encoder {
+    embed1: Linear,
+    embed2: Linear,
+    blocks: Vec<ResBlock>,
+    out: Linear,
+}
+
+struct Decoder {
+    input: Linear,
+    blocks: Vec<ResBlock>,
+    head1: Linear,
+    head2: Linear,
+}
+
+/// The spacetime VAE.
+pub struct Vae {
+    pub config: VaeConfig,
+    encoder: Encoder,
+    decoder: Decoder,
+}
+
+impl Vae {
+    pub fn new(config: &VaeConfig, vb: VarBuilder) -> Result<Self> {
+        config.validate()?;
+        let (p, d, c) = (config.patch_dim(), config.width, config.latent_channels);
+        let blocks = |vb: VarBuilder| -> Result<Vec<ResBlock>> { (0..config.blocks).map(|i| ResBlock::new(d, vb.pp(i))).collect() };
+        let venc = vb.pp("encoder");
+        let encoder = Encoder {
+            embed1: candle_nn::linear(p, d, venc.pp("embed1"))?,
+            embed2: candle_nn::linear(d, d, venc.pp("embed2"))?,
+            blocks: blocks(venc.pp("blocks"))?,
+            out: candle_nn::linear(d, 2 * c, venc.pp("out"))?,
+        };
+        let vdec = vb.pp("decoder");
+        let decoder = Decoder {
+            input: candle_nn::linear(c, d, vdec.pp("input"))?,
+            blocks: blocks(vdec.pp("blocks"))?,
+            head1: candle_nn::linear(d, 2 * d, vdec.pp("head1"))?,
+            head2: candle_nn::linear(2 * d, p, vdec.pp("head2"))?,
+        };
+        Ok(Self {
+            config: config.clone(),
+            encoder,
+            decoder,
+        })
+    }
+
+    fn patch(&self) -> PatchSize {
+        PatchSize {
+            t: self.config.ft,
+            h: self.config.fs,
+            w: self.config.fs,
+        }
+    }
+
+    /// # Shapes
+    /// `x`: `(B, 3, T, H, W)` in `[-1, 1]` -> posterior over `(B, C, T/ft, H/fs, W/fs)`
+    pub fn encode(&self, x: &Tensor) -> Result<Posterior> {
+        let (b, _, t, h, w) = x.dims5()?;
+        let [lt, lh, lw] = self.config.latent_size([t, h, w])?;
+        let tokens = patchify(x, self.patch(), Remainder::Reject)?.tokens; // (B, N, 3*ft*fs*fs)
+        let e = &self.encoder;
+        let hid = apply_last(&e.embed1, &tokens)?.silu()?;
+        let mut hid = apply_last(&e.embed2, &hid)?.reshape((b, lt, lh, lw, self.config.width))?;
+        for block in &e.blocks {
+            hid = block.forward(&hid)?;
+        }
+        let stats = apply_last(&e.out, &hid.silu()?)?.permute((0, 4, 1, 2, 3))?; // (B, 2C, T', H', W')
+        let c = self.config.latent_channels;
+        Ok(Posterior {
+            mean: stats.narrow(1, 0, c)?.contiguous()?,
+            logvar: stats.narrow(1, c, c)?.clamp(-30.0, 20.0)?.contiguous()?,
+        })
+    }
+
+    /// # Shapes
+    /// `z`: `(B, C, T', H', W')` -> frames `(B, 3, T' * ft, H' * fs, W' * fs)`, unclamped
+    pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
+        let (b, _, lt, lh, lw) = z.dims5()?;
+        let d = &self.decoder;
+        let mut hid = apply_last(&d.input, &z.permute((0, 2, 3, 4, 1))?.contiguous()?)?; // (B, T', H', W', D)
+        for block in &d.blocks {
+            hid = block.forward(&hid)?;
+        }
+        let hid = apply_last(&d.head1, &hid.silu()?)?.silu()?;
+        let tokens = apply_last(&d.head2, &hid)?.reshape((b, lt * lh * lw, self.config.patch_dim()))?;
+        let (ft, fs) = (self.config.ft, self.config.fs);
+        unpatchify(&tokens, [lt, lh, lw], self.patch(), 3, [lt * ft, lh * fs, lw * fs])
+    }
+
+    /// Encode, sample with `eps`, decode: returns `(loss, mse, kl)` scalars,
+    /// `loss = mse + kl_weight * kl`.
+    pub fn loss(&self, x: &Tensor, eps: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let posterior = self.encode(x)?;
+        let recon = self.decode(&posterior.sample(eps)?)?;
+        let mse = (recon - x)?.sqr()?.mean_all()?;
+        let kl = posterior.kl()?;
+        let loss = (&mse + (&kl * self.config.kl_weight)?)?;
+        Ok((loss, mse, kl))
+    }
+
+    /// Mean reconstruction (decoding the posterior mean), clamped to `[-1, 1]`.
+    pub fn reconstruct(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.decode(&self.encode(x)?.mean)?.clamp(-1.0, 1.0)?)
+    }
+}
