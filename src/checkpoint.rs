@@ -73,33 +73,61 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
 /// Reads JSON, with the file named in any error.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: not a valid minisora file: {e}", path.display())))
+    serde_json::from_str(&text).map_err(|e| {
+        Error::Invalid(format!(
+            "{}: not a valid minisora file: {e}",
+            path.display()
+        ))
+    })
 }
 
 /// Saves named tensors as safetensors.
 pub fn write_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
-    candle_core::safetensors::save(tensors, path).map_err(|e| Error::Invalid(format!("{}: cannot save: {e}", path.display())))
+    candle_core::safetensors::save(tensors, path)
+        .map_err(|e| Error::Invalid(format!("{}: cannot save: {e}", path.display())))
 }
 
 /// Loads named tensors, failing clearly on a missing, truncated or foreign file.
 pub fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     if !path.is_file() {
-        invalid!("{}: missing (is this a minisora checkpoint directory?)", path.display());
+        invalid!(
+            "{}: missing (is this a minisora checkpoint directory?)",
+            path.display()
+        );
     }
-    candle_core::safetensors::load(path, device)
-        .map_err(|e| Error::Invalid(format!("{}: not a readable safetensors file (truncated or corrupt?): {e}", path.display())))
+    candle_core::safetensors::load(path, device).map_err(|e| {
+        Error::Invalid(format!(
+            "{}: not a readable safetensors file (truncated or corrupt?): {e}",
+            path.display()
+        ))
+    })
 }
 
 /// Copies `saved` into the variables of `varmap`, checking that the names
 /// and shapes match exactly.
-pub fn load_into(varmap: &candle_nn::VarMap, saved: &HashMap<String, Tensor>, what: &Path) -> Result<()> {
-    let vars = varmap.data().lock().map_err(|_| Error::Invalid("variable map poisoned".into()))?;
+pub fn load_into(
+    varmap: &candle_nn::VarMap,
+    saved: &HashMap<String, Tensor>,
+    what: &Path,
+) -> Result<()> {
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::Invalid("variable map poisoned".into()))?;
     for (name, var) in vars.iter() {
         let Some(t) = saved.get(name) else {
-            invalid!("{}: has no weight \"{name}\": it was made by a different model configuration", what.display());
+            invalid!(
+                "{}: has no weight \"{name}\": it was made by a different model configuration",
+                what.display()
+            );
         };
         if t.dims() != var.dims() {
-            invalid!("{}: weight \"{name}\" has shape {:?}, the configuration wants {:?}", what.display(), t.dims(), var.dims());
+            invalid!(
+                "{}: weight \"{name}\" has shape {:?}, the configuration wants {:?}",
+                what.display(),
+                t.dims(),
+                var.dims()
+            );
         }
         var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
     }
@@ -111,8 +139,14 @@ pub fn load_into(varmap: &candle_nn::VarMap, saved: &HashMap<String, Tensor>, wh
 
 /// All variables of `varmap` by name, for saving.
 pub fn named_tensors(varmap: &candle_nn::VarMap) -> Result<HashMap<String, Tensor>> {
-    let vars = varmap.data().lock().map_err(|_| Error::Invalid("variable map poisoned".into()))?;
-    Ok(vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect())
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::Invalid("variable map poisoned".into()))?;
+    Ok(vars
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect())
 }
 
 #[cfg(test)]
@@ -123,23 +157,36 @@ mod tests {
     fn a_failed_save_keeps_the_previous_checkpoint() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("ckpt");
-        write_dir(&dir, |d| fs::write(d.join("a"), "1").map_err(|e| Error::io(d, e))).unwrap();
+        write_dir(&dir, |d| {
+            fs::write(d.join("a"), "1").map_err(|e| Error::io(d, e))
+        })
+        .unwrap();
         let err = write_dir(&dir, |d| {
             fs::write(d.join("a"), "2").unwrap();
             Err(Error::Invalid("disk full".into()))
         });
         assert!(err.is_err());
         assert_eq!(fs::read_to_string(dir.join("a")).unwrap(), "1");
-        write_dir(&dir, |d| fs::write(d.join("a"), "3").map_err(|e| Error::io(d, e))).unwrap();
+        write_dir(&dir, |d| {
+            fs::write(d.join("a"), "3").map_err(|e| Error::io(d, e))
+        })
+        .unwrap();
         assert_eq!(fs::read_to_string(dir.join("a")).unwrap(), "3");
-        assert_eq!(fs::read_dir(root.path()).unwrap().count(), 1, "no temporaries left");
+        assert_eq!(
+            fs::read_dir(root.path()).unwrap().count(),
+            1,
+            "no temporaries left"
+        );
     }
 
     #[test]
     fn an_interrupted_swap_is_recovered() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("ckpt");
-        write_dir(&dir, |d| fs::write(d.join("a"), "1").map_err(|e| Error::io(d, e))).unwrap();
+        write_dir(&dir, |d| {
+            fs::write(d.join("a"), "1").map_err(|e| Error::io(d, e))
+        })
+        .unwrap();
         fs::rename(&dir, sibling(&dir, "old").unwrap()).unwrap();
         recover(&dir).unwrap();
         assert_eq!(fs::read_to_string(dir.join("a")).unwrap(), "1");

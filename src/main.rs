@@ -72,10 +72,12 @@ enum Command {
 #[derive(Subcommand)]
 enum TrainCommand {
     /// Train the video compression network (spacetime VAE)
-    #[command(after_help = "OUT/checkpoint/ holds the latest checkpoint (written atomically every \
+    #[command(
+        after_help = "OUT/checkpoint/ holds the latest checkpoint (written atomically every \
         --checkpoint-every steps and at the end), OUT/log.csv one row per step. Interrupted? Run the \
         same command with --resume: it continues exactly where the checkpoint stopped.\n\n\
-        Example (the shipped autoencoder):\n  minisora train vae --steps 3000 --batch 8 --out runs/vae")]
+        Example (the shipped autoencoder):\n  minisora train vae --steps 3000 --batch 8 --out runs/vae"
+    )]
     Vae(TrainVaeArgs),
 }
 
@@ -320,12 +322,15 @@ fn shipped(name: &str) -> PathBuf {
     if here.exists() {
         return here;
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("samples").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("samples")
+        .join(name)
 }
 
 fn progress_bar(total: u64, position: u64) -> Result<ProgressBar> {
     let bar = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}").context("progress bar template")?,
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}")
+            .context("progress bar template")?,
     );
     bar.set_position(position);
     Ok(bar)
@@ -349,10 +354,22 @@ fn train_vae(args: TrainVaeArgs) -> Result<()> {
     };
     let command: Vec<String> = std::env::args().collect();
     let bar = progress_bar(args.steps, 0)?;
-    let outcome = vae::train(&args.out, &config, &run, args.resume, args.stop_at, &command.join(" "), &Device::Cpu, |r| {
+    let session = minisora::train::Session {
+        resume: args.resume,
+        stop_at: args.stop_at,
+        command: command.join(" "),
+    };
+    let outcome = vae::train(&args.out, &config, &run, &session, &Device::Cpu, |r| {
         bar.set_position(r.step);
-        let psnr = r.extra.iter().find(|(k, _)| *k == "psnr").map_or(0.0, |(_, v)| *v);
-        bar.set_message(format!("loss {:.5}  psnr {psnr:.2} dB  {:.1} clips/s", r.loss, r.clips_per_s));
+        let psnr = r
+            .extra
+            .iter()
+            .find(|(k, _)| *k == "psnr")
+            .map_or(0.0, |(_, v)| *v);
+        bar.set_message(format!(
+            "loss {:.5}  psnr {psnr:.2} dB  {:.1} clips/s",
+            r.loss, r.clips_per_s
+        ));
     })?;
     bar.finish();
     println!(
@@ -370,15 +387,29 @@ fn vae_roundtrip(args: VaeRoundtripArgs) -> Result<()> {
     let ckpt = minisora::train::vae::load(&ckpt_dir, &Device::Cpu)?;
     let frames = video::read(&args.input, &Default::default())?;
     let (t, h, w, _) = frames.dim();
-    ckpt.meta.vae.latent_size([t, h, w]).with_context(|| format!("{} cannot be encoded", args.input.display()))?;
+    ckpt.meta
+        .vae
+        .latent_size([t, h, w])
+        .with_context(|| format!("{} cannot be encoded", args.input.display()))?;
     let x = video::frames_to_tensor(&frames.view(), &Device::Cpu)?;
     let recon = video::tensor_to_frames(&ckpt.vae.reconstruct(&x)?)?;
-    let out = if args.side_by_side { ndarray::concatenate(ndarray::Axis(2), &[frames.view(), recon.view()])? } else { recon.clone() };
-    let options = WriteOptions { fps: args.fps, scale: args.scale };
+    let out = if args.side_by_side {
+        ndarray::concatenate(ndarray::Axis(2), &[frames.view(), recon.view()])?
+    } else {
+        recon.clone()
+    };
+    let options = WriteOptions {
+        fps: args.fps,
+        scale: args.scale,
+    };
     video::write(&args.output, &out.view(), &options)?;
     let mut stats = minisora::vae::eval::ReconStats::default();
     stats.add(&frames, &recon);
-    println!("PSNR {:.2} dB; wrote {}", stats.report().psnr, video::describe(&args.output, &out.view(), &options));
+    println!(
+        "PSNR {:.2} dB; wrote {}",
+        stats.report().psnr,
+        video::describe(&args.output, &out.view(), &options)
+    );
     Ok(())
 }
 
@@ -397,7 +428,13 @@ fn vae_eval(args: VaeEvalArgs) -> Result<()> {
             };
             (data, n)
         }
-        None => (DataSource::Shapes { canvas, seed: run.seed }, args.count),
+        None => (
+            DataSource::Shapes {
+                canvas,
+                seed: run.seed,
+            },
+            args.count,
+        ),
     };
     let bar = progress_bar(count as u64, 0)?;
     let mut stats = minisora::vae::eval::ReconStats::default();
@@ -405,14 +442,25 @@ fn vae_eval(args: VaeEvalArgs) -> Result<()> {
         // folders: every clip once, in order; Shapes World: held-out stream ids
         let (frames, _) = match &source {
             DataSource::Folder { clips, .. } => {
-                let f = video::read(&clips[i].video, &minisora::video::ReadOptions { size: Some((canvas.height, canvas.width)) })?;
+                let f = video::read(
+                    &clips[i].video,
+                    &minisora::video::ReadOptions {
+                        size: Some((canvas.height, canvas.width)),
+                    },
+                )?;
                 let t = f.dim().0 / ckpt.meta.vae.ft * ckpt.meta.vae.ft;
-                (f.slice(ndarray::s![..t, .., .., ..]).to_owned(), String::new())
+                (
+                    f.slice(ndarray::s![..t, .., .., ..]).to_owned(),
+                    String::new(),
+                )
             }
             DataSource::Shapes { .. } => source.clip(HELD_OUT + i as u64)?,
         };
         let x = video::frames_to_tensor(&frames.view(), &Device::Cpu)?;
-        stats.add(&frames, &video::tensor_to_frames(&ckpt.vae.reconstruct(&x)?)?);
+        stats.add(
+            &frames,
+            &video::tensor_to_frames(&ckpt.vae.reconstruct(&x)?)?,
+        );
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -420,13 +468,20 @@ fn vae_eval(args: VaeEvalArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("checkpoint   {} (step {})", ckpt_dir.display(), ckpt.meta.step);
+        println!(
+            "checkpoint   {} (step {})",
+            ckpt_dir.display(),
+            ckpt.meta.step
+        );
         let what = match &args.data {
             Some(d) => d.display().to_string(),
             None => "held-out Shapes World clips (never used in training)".into(),
         };
         println!("clips        {} {what}", report.clips);
-        println!("PSNR         {:.2} dB (all pixels), {:.2} dB mean per clip", report.psnr, report.psnr_mean_per_clip);
+        println!(
+            "PSNR         {:.2} dB (all pixels), {:.2} dB mean per clip",
+            report.psnr, report.psnr_mean_per_clip
+        );
         if let Some(e) = report.object_colour_error {
             println!("colour error {e:.2} of 255, mean absolute, inside objects");
         }

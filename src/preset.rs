@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::shapes_world::Canvas;
 use crate::dit::DitConfig;
 use crate::patch::PatchSize;
+use crate::vae::VaeConfig;
 use crate::{invalid, Result};
 
 /// The compression network's factors: time `t`, space `s` (height and
@@ -39,17 +40,20 @@ pub struct Preset {
 /// Names accepted by [`preset`].
 pub const NAMES: &[&str] = &["default", "S", "B", "L", "XL"];
 
-/// Latent of the default compression network: 2x in time, 4x in space, 4
-/// channels (a 16x32x32 clip becomes 4x8x8x8).
-const COMPRESSION: Compression = Compression {
-    t: 2,
-    s: 4,
-    channels: 4,
-};
+/// The default compression network's factors (see [`VaeConfig::default_preset`]):
+/// 2x in time, 4x in space, 8 channels (a 16x32x32 clip becomes 8x8x8x8).
+fn compression() -> Compression {
+    let vae = VaeConfig::default_preset();
+    Compression {
+        t: vae.ft,
+        s: vae.fs,
+        channels: vae.latent_channels,
+    }
+}
 
 fn dit(hidden: usize, depth: usize, heads: usize, context_dim: usize) -> DitConfig {
     DitConfig {
-        latent_channels: COMPRESSION.channels,
+        latent_channels: compression().channels,
         patch: PatchSize { t: 1, h: 2, w: 2 },
         hidden,
         depth,
@@ -89,7 +93,7 @@ pub fn preset(name: &str) -> Result<Preset> {
         name,
         summary,
         canvas,
-        compression: COMPRESSION,
+        compression: compression(),
         dit,
     })
 }

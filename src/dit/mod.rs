@@ -1,8 +1,9 @@
 //! The diffusion transformer (DiT, Peebles and Xie 2023) over spacetime
-//! patches. So far: its configuration, the named presets and the analytic
-//! counts (parameters, FLOPs, activation memory) that `minisora inspect` and
-//! `minisora bench` report; the model itself comes with issue 5.
+//! patches: its configuration and analytic costs (`config`) and the model
+//! (`model`).
 
 pub mod config;
+pub mod model;
 
 pub use config::{DitConfig, StepCost};
+pub use model::Dit;

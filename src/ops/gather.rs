@@ -69,8 +69,16 @@ impl CustomOp1 for Gather {
         Ok((CpuStorage::F32(out), Shape::from((n, h, w, k * d))))
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let scatter = Scatter { kh: self.kh, kw: self.kw };
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let scatter = Scatter {
+            kh: self.kh,
+            kw: self.kw,
+        };
         Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&scatter)?))
     }
 }
@@ -142,7 +150,9 @@ pub fn gather_neighbours(x: &Tensor, kh: usize, kw: usize) -> Result<Tensor> {
 pub fn gather_neighbours_reference(x: &Tensor, kh: usize, kw: usize) -> Result<Tensor> {
     check(x, kh, kw)?;
     let (_, h, w, _) = x.dims4()?;
-    let p = x.pad_with_zeros(1, kh / 2, kh / 2)?.pad_with_zeros(2, kw / 2, kw / 2)?;
+    let p = x
+        .pad_with_zeros(1, kh / 2, kh / 2)?
+        .pad_with_zeros(2, kw / 2, kw / 2)?;
     let mut parts = Vec::with_capacity(kh * kw);
     for ky in 0..kh {
         for kx in 0..kw {
@@ -163,20 +173,48 @@ mod tests {
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
     }
 
     #[test]
     fn forward_and_backward_match_the_reference() {
-        for (i, &(n, h, w, d, kh, kw)) in [(2, 5, 4, 3, 3, 3), (1, 1, 1, 2, 3, 3), (3, 4, 6, 5, 3, 1), (2, 7, 3, 4, 1, 3)].iter().enumerate() {
+        for (i, &(n, h, w, d, kh, kw)) in [
+            (2, 5, 4, 3, 3, 3),
+            (1, 1, 1, 2, 3, 3),
+            (3, 4, 6, 5, 3, 1),
+            (2, 7, 3, 4, 1, 3),
+        ]
+        .iter()
+        .enumerate()
+        {
             let x = Var::from_tensor(&random(&[n, h, w, d], i as u64)).unwrap();
             let probe = random(&[n, h, w, kh * kw * d], 100 + i as u64);
             let fused = gather_neighbours(x.as_tensor(), kh, kw).unwrap();
             let reference = gather_neighbours_reference(x.as_tensor(), kh, kw).unwrap();
             assert_eq!(max_diff(&fused, &reference), 0.0, "forward {i}");
-            let g1 = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            let g2 = (reference * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            let (a, b) = (g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap());
+            let g1 = (fused * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (reference * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let (a, b) = (
+                g1.get(x.as_tensor()).unwrap(),
+                g2.get(x.as_tensor()).unwrap(),
+            );
             assert!(max_diff(a, b) < 1e-5, "backward {i}: {}", max_diff(a, b));
         }
     }

@@ -55,7 +55,12 @@ pub enum DataSource {
     Shapes { canvas: Canvas, seed: u64 },
     /// A folder of captioned clips (see [`crate::data::clips`]), each resized
     /// to the canvas and cut to its frame count.
-    Folder { canvas: Canvas, seed: u64, clips: Vec<ClipEntry>, dir: PathBuf },
+    Folder {
+        canvas: Canvas,
+        seed: u64,
+        clips: Vec<ClipEntry>,
+        dir: PathBuf,
+    },
 }
 
 /// What `--data` says: `shapes`, or a folder.
@@ -69,9 +74,17 @@ pub fn data_source(spec: &str, canvas: Canvas, seed: u64) -> Result<DataSource> 
     }
     let clips = clips::list(&dir)?;
     if clips.is_empty() {
-        invalid!("{}: no captioned clips (each clip needs a NAME.txt caption beside it)", dir.display());
+        invalid!(
+            "{}: no captioned clips (each clip needs a NAME.txt caption beside it)",
+            dir.display()
+        );
     }
-    Ok(DataSource::Folder { canvas, seed, clips, dir })
+    Ok(DataSource::Folder {
+        canvas,
+        seed,
+        clips,
+        dir,
+    })
 }
 
 impl DataSource {
@@ -99,16 +112,35 @@ impl DataSource {
         match self {
             DataSource::Shapes { canvas, seed } => {
                 let (scene, render_seed) = shapes_world_item(*seed, id as usize);
-                Ok((render(&scene, *canvas, render_seed)?.frames, scene.caption()))
+                Ok((
+                    render(&scene, *canvas, render_seed)?.frames,
+                    scene.caption(),
+                ))
             }
-            DataSource::Folder { canvas, seed, clips, .. } => {
+            DataSource::Folder {
+                canvas,
+                seed,
+                clips,
+                ..
+            } => {
                 let entry = &clips[Rng::derive(*seed, id).below(clips.len())];
-                let frames = video::read(&entry.video, &ReadOptions { size: Some((canvas.height, canvas.width)) })?;
+                let frames = video::read(
+                    &entry.video,
+                    &ReadOptions {
+                        size: Some((canvas.height, canvas.width)),
+                    },
+                )?;
                 let t = frames.dim().0;
                 if t < canvas.frames {
-                    invalid!("{}: has {t} frames, training needs {}", entry.video.display(), canvas.frames);
+                    invalid!(
+                        "{}: has {t} frames, training needs {}",
+                        entry.video.display(),
+                        canvas.frames
+                    );
                 }
-                let frames = frames.slice(ndarray::s![..canvas.frames, .., .., ..]).to_owned();
+                let frames = frames
+                    .slice(ndarray::s![..canvas.frames, .., .., ..])
+                    .to_owned();
                 Ok((frames, entry.caption.clone()))
             }
         }
@@ -136,11 +168,16 @@ impl CsvLog {
             }
         }
         fs::write(path, text).map_err(|e| Error::io(path, e))?;
-        Ok(Self { path: path.to_path_buf() })
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn append(&mut self, row: &str) -> Result<()> {
-        let mut f = OpenOptions::new().append(true).open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| Error::io(&self.path, e))?;
         writeln!(f, "{row}").map_err(|e| Error::io(&self.path, e))
     }
 }
@@ -172,6 +209,17 @@ impl RunConfig {
     }
 }
 
+/// How this invocation of a run behaves (not part of the run's settings).
+#[derive(Clone, Debug, Default)]
+pub struct Session {
+    /// Continue the checkpoint in the run folder.
+    pub resume: bool,
+    /// Stop after this step (with a checkpoint).
+    pub stop_at: Option<u64>,
+    /// The command line, recorded in the checkpoint.
+    pub command: String,
+}
+
 /// One step's figures, for the progress bar and the log.
 #[derive(Clone, Debug)]
 pub struct StepReport {
@@ -184,20 +232,30 @@ pub struct StepReport {
     pub clips_per_s: f64,
 }
 
-/// Re-draws every variable that is not all zeros from `seed`: weights
+/// Re-draws every randomly initialised variable from `seed`: weights
 /// (rank >= 2) from `N(0, 1 / fan_in)` (LeCun normal), biases zero. candle's
 /// CPU initialisers draw from an unseeded thread RNG; this makes a run's
-/// starting point a function of its seed. Zero-initialised variables
-/// (adaLN-Zero, residual outputs) stay zero.
+/// starting point a function of its seed. Constant-initialised variables
+/// (the zeros of adaLN-Zero and residual outputs, the ones of norm gains)
+/// keep their value.
 pub fn seeded_init(varmap: &candle_nn::VarMap, seed: u64) -> Result<()> {
-    let vars = varmap.data().lock().map_err(|_| Error::Invalid("variable map poisoned".into()))?;
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::Invalid("variable map poisoned".into()))?;
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();
     for (i, name) in names.into_iter().enumerate() {
         let var = &vars[name];
         let t = var.as_tensor();
-        let nonzero = t.abs()?.sum_all()?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? > 0.0;
-        if !nonzero {
+        let flat = t.flatten_all()?.to_dtype(candle_core::DType::F32)?;
+        let (lo, hi) = (
+            flat.min_all()?.to_scalar::<f32>()?,
+            flat.max_all()?.to_scalar::<f32>()?,
+        );
+        // constants (zeros of adaLN-Zero and residual outputs, ones of norm
+        // gains) were chosen on purpose; only random draws are redone
+        if lo == hi {
             continue;
         }
         let dims = t.dims().to_vec();
@@ -223,7 +281,10 @@ mod tests {
         assert_eq!(a, gaussian(&mut Rng::new(4), 20_001));
         let mean = a.iter().map(|&v| v as f64).sum::<f64>() / a.len() as f64;
         let var = a.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / a.len() as f64;
-        assert!(mean.abs() < 0.03 && (var - 1.0).abs() < 0.03, "{mean} {var}");
+        assert!(
+            mean.abs() < 0.03 && (var - 1.0).abs() < 0.03,
+            "{mean} {var}"
+        );
     }
 
     #[test]
@@ -236,6 +297,9 @@ mod tests {
         }
         let mut log = CsvLog::open(&path, "step,loss", Some(3)).unwrap();
         log.append("4,0.25").unwrap();
-        assert_eq!(fs::read_to_string(&path).unwrap(), "step,loss\n1,0.5\n2,0.5\n3,0.5\n4,0.25\n");
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "step,loss\n1,0.5\n2,0.5\n3,0.5\n4,0.25\n"
+        );
     }
 }

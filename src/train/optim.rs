@@ -68,7 +68,8 @@ impl AdamW {
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2 = 1.0 - c.beta2.powi(t);
         for (name, var) in &self.vars {
-            let (Some(g), Some((m, v))) = (grads.get(var.as_tensor()), self.moments.get_mut(name)) else {
+            let (Some(g), Some((m, v))) = (grads.get(var.as_tensor()), self.moments.get_mut(name))
+            else {
                 continue;
             };
             // (1) m_t = b1 m + (1 - b1) g ;  v_t = b2 v + (1 - b2) g^2
@@ -79,7 +80,11 @@ impl AdamW {
             let v_hat = (&*v / bias2)?;
             let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
             let theta = var.as_tensor();
-            let decayed = if c.weight_decay > 0.0 { (theta * (1.0 - lr * c.weight_decay))? } else { theta.clone() };
+            let decayed = if c.weight_decay > 0.0 {
+                (theta * (1.0 - lr * c.weight_decay))?
+            } else {
+                theta.clone()
+            };
             var.set(&(decayed - (update * lr)?)?)?;
         }
         Ok(())
@@ -98,11 +103,18 @@ impl AdamW {
     /// Restores moments saved by [`Self::state`] and the step count.
     pub fn load_state(&mut self, state: &HashMap<String, Tensor>, step: u64) -> Result<()> {
         for (name, (m, v)) in self.moments.iter_mut() {
-            let (Some(sm), Some(sv)) = (state.get(&format!("m.{name}")), state.get(&format!("v.{name}"))) else {
+            let (Some(sm), Some(sv)) = (
+                state.get(&format!("m.{name}")),
+                state.get(&format!("v.{name}")),
+            ) else {
                 invalid!("the optimizer state has no moments for \"{name}\"");
             };
             if sm.dims() != m.dims() || sv.dims() != v.dims() {
-                invalid!("optimizer moments of \"{name}\" have shape {:?}, the model has {:?}", sm.dims(), m.dims());
+                invalid!(
+                    "optimizer moments of \"{name}\" have shape {:?}, the model has {:?}",
+                    sm.dims(),
+                    m.dims()
+                );
             }
             *m = sm.to_device(m.device())?;
             *v = sv.to_device(v.device())?;
@@ -132,12 +144,19 @@ mod tests {
     #[test]
     fn adamw_minimises_a_quadratic_and_matches_a_hand_step() {
         let x = Var::new(&[3.0f32, -2.0], &Device::Cpu).unwrap();
-        let mut opt = AdamW::new(HashMap::from([("x".to_string(), x.clone())]), AdamWConfig::default()).unwrap();
+        let mut opt = AdamW::new(
+            HashMap::from([("x".to_string(), x.clone())]),
+            AdamWConfig::default(),
+        )
+        .unwrap();
         // first step of Adam moves every coordinate by lr (m_hat / sqrt(v_hat) = sign(g))
         let loss = x.as_tensor().sqr().unwrap().sum_all().unwrap();
         opt.step(&loss.backward().unwrap(), 0.1).unwrap();
         let after: Vec<f32> = x.as_tensor().to_vec1().unwrap();
-        assert!((after[0] - 2.9).abs() < 1e-6 && (after[1] + 1.9).abs() < 1e-6, "{after:?}");
+        assert!(
+            (after[0] - 2.9).abs() < 1e-6 && (after[1] + 1.9).abs() < 1e-6,
+            "{after:?}"
+        );
         for _ in 0..300 {
             let loss = x.as_tensor().sqr().unwrap().sum_all().unwrap();
             opt.step(&loss.backward().unwrap(), 0.05).unwrap();

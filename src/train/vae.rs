@@ -8,7 +8,7 @@ use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use super::optim::{learning_rate, AdamW, AdamWConfig};
-use super::{randn, seeded_init, CsvLog, DataSource, RunConfig, StepReport, HELD_OUT};
+use super::{randn, seeded_init, CsvLog, DataSource, RunConfig, Session, StepReport, HELD_OUT};
 use crate::checkpoint::{self, read_json, read_tensors, write_json, write_tensors};
 use crate::data::shapes_world::CONTRACT_VERSION;
 use crate::rng::Rng;
@@ -59,10 +59,18 @@ pub fn load(dir: &Path, device: &Device) -> Result<VaeCheckpoint> {
     }
     let meta: VaeMeta = read_json(&dir.join("config.json"))?;
     if meta.kind != "vae" {
-        invalid!("{}: is a \"{}\" checkpoint, not an autoencoder (vae)", dir.display(), meta.kind);
+        invalid!(
+            "{}: is a \"{}\" checkpoint, not an autoencoder (vae)",
+            dir.display(),
+            meta.kind
+        );
     }
     if meta.contract != CONTRACT_VERSION {
-        invalid!("{}: trained on Shapes World v{}, this minisora implements v{CONTRACT_VERSION}", dir.display(), meta.contract);
+        invalid!(
+            "{}: trained on Shapes World v{}, this minisora implements v{CONTRACT_VERSION}",
+            dir.display(),
+            meta.contract
+        );
     }
     let (vae, varmap) = build(&meta.vae, device)?;
     let weights = dir.join("model.safetensors");
@@ -85,7 +93,12 @@ pub fn save(dir: &Path, meta: &VaeMeta, varmap: &VarMap, optimizer: Option<&Adam
 
 /// Measures the latent statistics on `count` training-distribution clips:
 /// returns `(mean, std)` of the posterior means.
-pub fn latent_stats(vae: &Vae, data: &DataSource, count: usize, device: &Device) -> Result<(f64, f64)> {
+pub fn latent_stats(
+    vae: &Vae,
+    data: &DataSource,
+    count: usize,
+    device: &Device,
+) -> Result<(f64, f64)> {
     let mut values: Vec<f32> = Vec::new();
     let batch = 8;
     for k in 0..count.div_ceil(batch) {
@@ -95,7 +108,11 @@ pub fn latent_stats(vae: &Vae, data: &DataSource, count: usize, device: &Device)
     }
     let n = values.len().max(1) as f64;
     let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let var = values
+        .iter()
+        .map(|&v| (v as f64 - mean).powi(2))
+        .sum::<f64>()
+        / n;
     Ok((mean, var.sqrt().max(1e-8)))
 }
 
@@ -116,12 +133,16 @@ pub fn train(
     out: &Path,
     config: &VaeConfig,
     run: &RunConfig,
-    resume: bool,
-    stop_at: Option<u64>,
-    command: &str,
+    session: &Session,
     device: &Device,
     mut on_step: impl FnMut(&StepReport),
 ) -> Result<TrainOutcome> {
+    let Session {
+        resume,
+        stop_at,
+        command,
+    } = session;
+    let (resume, stop_at) = (*resume, *stop_at);
     config.validate()?;
     let canvas = run.canvas()?;
     config.latent_size([canvas.frames, canvas.height, canvas.width])?;
@@ -133,11 +154,18 @@ pub fn train(
     checkpoint::recover(&ckpt_dir)?;
     let data = super::data_source(&run.data, canvas, run.seed)?;
     let (vae, varmap, mut opt, start) = if resume {
-        let ckpt = load(&ckpt_dir, device).map_err(|e| Error::Invalid(format!("cannot resume: {e}")))?;
+        let ckpt =
+            load(&ckpt_dir, device).map_err(|e| Error::Invalid(format!("cannot resume: {e}")))?;
         if ckpt.meta.vae != *config {
-            invalid!("cannot resume: {} was trained with another autoencoder configuration", ckpt_dir.display());
+            invalid!(
+                "cannot resume: {} was trained with another autoencoder configuration",
+                ckpt_dir.display()
+            );
         }
-        let same_run = RunConfig { steps: run.steps, ..ckpt.meta.run.clone() };
+        let same_run = RunConfig {
+            steps: run.steps,
+            ..ckpt.meta.run.clone()
+        };
         if same_run != *run {
             invalid!(
                 "cannot resume: {} was trained with other settings ({}); only --steps may change",
@@ -145,8 +173,18 @@ pub fn train(
                 serde_json::to_string(&ckpt.meta.run).unwrap_or_default()
             );
         }
-        let mut opt = AdamW::new(ckpt.varmap.data().lock().map_err(|_| Error::Invalid("poisoned".into()))?.clone(), AdamWConfig::default())?;
-        opt.load_state(&read_tensors(&ckpt_dir.join("optimizer.safetensors"), device)?, ckpt.meta.step)?;
+        let mut opt = AdamW::new(
+            ckpt.varmap
+                .data()
+                .lock()
+                .map_err(|_| Error::Invalid("poisoned".into()))?
+                .clone(),
+            AdamWConfig::default(),
+        )?;
+        opt.load_state(
+            &read_tensors(&ckpt_dir.join("optimizer.safetensors"), device)?,
+            ckpt.meta.step,
+        )?;
         (ckpt.vae, ckpt.varmap, opt, ckpt.meta.step)
     } else {
         if ckpt_dir.exists() {
@@ -154,10 +192,18 @@ pub fn train(
         }
         let (vae, varmap) = build(config, device)?;
         seeded_init(&varmap, run.seed)?;
-        let vars = varmap.data().lock().map_err(|_| Error::Invalid("poisoned".into()))?.clone();
+        let vars = varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::Invalid("poisoned".into()))?
+            .clone();
         (vae, varmap, AdamW::new(vars, AdamWConfig::default())?, 0)
     };
-    let mut log = CsvLog::open(&out.join("log.csv"), "step,lr,loss,mse,kl,psnr,clips_per_s", resume.then_some(start))?;
+    let mut log = CsvLog::open(
+        &out.join("log.csv"),
+        "step,lr,loss,mse,kl,psnr,clips_per_s",
+        resume.then_some(start),
+    )?;
     let end = stop_at.unwrap_or(run.steps).min(run.steps);
     let started = Instant::now();
     let meta = |step: u64, stats: (f64, f64)| VaeMeta {
@@ -182,7 +228,11 @@ pub fn train(
             let [lt, lh, lw] = config.latent_size([canvas.frames, canvas.height, canvas.width])?;
             [run.batch, config.latent_channels, lt, lh, lw]
         };
-        let eps = randn(&mut Rng::derive(run.seed ^ 0x5eed_0f_e95, step), &latent_shape, device)?;
+        let eps = randn(
+            &mut Rng::derive(run.seed ^ 0x0005_eed0_fe95, step),
+            &latent_shape,
+            device,
+        )?;
         let (loss, mse, kl) = vae.loss(&x, &eps)?;
         let loss_v = loss.to_scalar::<f32>()? as f64;
         if !loss_v.is_finite() {
@@ -199,7 +249,10 @@ pub fn train(
         // frames live in [-1, 1]: an error of 2 is the full 8-bit range
         let psnr = 10.0 * (4.0 / mse_v.max(1e-12)).log10();
         let cps = run.batch as f64 / t0.elapsed().as_secs_f64();
-        log.append(&format!("{},{lr:.6e},{loss_v:.6},{mse_v:.6},{kl_v:.6},{psnr:.3},{cps:.2}", step + 1))?;
+        log.append(&format!(
+            "{},{lr:.6e},{loss_v:.6},{mse_v:.6},{kl_v:.6},{psnr:.3},{cps:.2}",
+            step + 1
+        ))?;
         on_step(&StepReport {
             step: step + 1,
             total: run.steps,

@@ -34,7 +34,11 @@ pub struct SpatialMix {
 
 impl SpatialMix {
     pub fn new(d: usize, out: usize, zero: bool, vb: VarBuilder) -> Result<Self> {
-        let linear = if zero { linear_zero(9 * d, out, vb)? } else { candle_nn::linear(9 * d, out, vb)? };
+        let linear = if zero {
+            linear_zero(9 * d, out, vb)?
+        } else {
+            candle_nn::linear(9 * d, out, vb)?
+        };
         Ok(Self { linear })
     }
 
@@ -52,7 +56,11 @@ pub struct TemporalMix {
 
 impl TemporalMix {
     pub fn new(d: usize, out: usize, zero: bool, vb: VarBuilder) -> Result<Self> {
-        let linear = if zero { linear_zero(3 * d, out, vb)? } else { candle_nn::linear(3 * d, out, vb)? };
+        let linear = if zero {
+            linear_zero(3 * d, out, vb)?
+        } else {
+            candle_nn::linear(3 * d, out, vb)?
+        };
         Ok(Self { linear })
     }
 

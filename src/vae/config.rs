@@ -81,7 +81,10 @@ impl VaeConfig {
     /// naming the axis the factors do not divide.
     pub fn latent_size(&self, size: [usize; 3]) -> Result<[usize; 3]> {
         let factors = [self.ft, self.fs, self.fs];
-        for (axis, (&n, &f)) in ["frames", "height", "width"].iter().zip(size.iter().zip(&factors)) {
+        for (axis, (&n, &f)) in ["frames", "height", "width"]
+            .iter()
+            .zip(size.iter().zip(&factors))
+        {
             if n == 0 || n % f != 0 {
                 invalid!(
                     "{axis} {n} is not divisible by the compression factor {f} (use a multiple of {f}, e.g. {})",

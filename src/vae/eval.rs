@@ -40,7 +40,10 @@ impl ReconStats {
         let palette: Vec<[u8; 3]> = Color::ALL.iter().map(|c| c.rgb()).collect();
         let (o, r) = (original.as_slice(), recon.as_slice());
         let (Some(o), Some(r)) = (o, r) else {
-            return self.add(&original.as_standard_layout().to_owned(), &recon.as_standard_layout().to_owned());
+            return self.add(
+                &original.as_standard_layout().to_owned(),
+                &recon.as_standard_layout().to_owned(),
+            );
         };
         let mut sq = 0.0;
         for (po, pr) in o.chunks_exact(3).zip(r.chunks_exact(3)) {
@@ -67,7 +70,8 @@ impl ReconStats {
             clips: self.clips,
             psnr: psnr(self.sq_err / self.values.max(1.0)),
             psnr_mean_per_clip: self.psnr_sum / self.clips.max(1) as f64,
-            object_colour_error: (self.object_values > 0.0).then(|| self.object_abs_err / self.object_values),
+            object_colour_error: (self.object_values > 0.0)
+                .then(|| self.object_abs_err / self.object_values),
         }
     }
 }

@@ -10,7 +10,7 @@
 //! neighbours, so almost all the work is GEMM. The decoder mirrors it and
 //! ends in a per-patch MLP that paints each patch's pixels.
 
-mod blocks;
+pub mod blocks;
 mod config;
 pub mod eval;
 mod model;

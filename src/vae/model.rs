@@ -56,7 +56,11 @@ impl Vae {
     pub fn new(config: &VaeConfig, vb: VarBuilder) -> Result<Self> {
         config.validate()?;
         let (p, d, c) = (config.patch_dim(), config.width, config.latent_channels);
-        let blocks = |vb: VarBuilder| -> Result<Vec<ResBlock>> { (0..config.blocks).map(|i| ResBlock::new(d, vb.pp(i))).collect() };
+        let blocks = |vb: VarBuilder| -> Result<Vec<ResBlock>> {
+            (0..config.blocks)
+                .map(|i| ResBlock::new(d, vb.pp(i)))
+                .collect()
+        };
         let venc = vb.pp("encoder");
         let encoder = Encoder {
             embed1: candle_nn::linear(p, d, venc.pp("embed1"))?,
@@ -116,9 +120,16 @@ impl Vae {
             hid = block.forward(&hid)?;
         }
         let hid = apply_last(&d.head1, &hid.silu()?)?.silu()?;
-        let tokens = apply_last(&d.head2, &hid)?.reshape((b, lt * lh * lw, self.config.patch_dim()))?;
+        let tokens =
+            apply_last(&d.head2, &hid)?.reshape((b, lt * lh * lw, self.config.patch_dim()))?;
         let (ft, fs) = (self.config.ft, self.config.fs);
-        unpatchify(&tokens, [lt, lh, lw], self.patch(), 3, [lt * ft, lh * fs, lw * fs])
+        unpatchify(
+            &tokens,
+            [lt, lh, lw],
+            self.patch(),
+            3,
+            [lt * ft, lh * fs, lw * fs],
+        )
     }
 
     /// Encode, sample with `eps`, decode: returns `(loss, mse, kl)` scalars,

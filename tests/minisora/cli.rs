@@ -149,3 +149,168 @@ fn help_explains_the_grammar_and_the_data_layout() {
     let data = text(&minisora(&["data", "--help"], dir.path()));
     assert!(data.contains("clip_000000.txt") && data.contains("dataset.json"));
 }
+
+#[test]
+fn train_vae_then_roundtrip_and_eval_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let train = [
+        "train",
+        "vae",
+        "--preset",
+        "tiny",
+        "--steps",
+        "3",
+        "--batch",
+        "2",
+        "--frames",
+        "4",
+        "--height",
+        "16",
+        "--width",
+        "16",
+        "--out",
+        "run",
+        "--stop-at",
+        "2",
+    ];
+    let o = minisora(&train, d);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("step 2 of 3"), "{}", text(&o));
+    let o = minisora(&[&train[..train.len() - 2], &["--resume"]].concat(), d);
+    assert!(
+        o.status.success() && text(&o).contains("step 3 of 3"),
+        "{}",
+        text(&o)
+    );
+    let o = minisora(&train[..train.len() - 2], d);
+    assert!(
+        !o.status.success() && text(&o).contains("--resume"),
+        "{}",
+        text(&o)
+    );
+
+    let o = minisora(
+        &[
+            "render",
+            "a green square moving left",
+            "--frames",
+            "4",
+            "--height",
+            "16",
+            "--width",
+            "24",
+            "--scale",
+            "1",
+            "-o",
+            "in.gif",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = minisora(
+        &[
+            "vae",
+            "roundtrip",
+            "in.gif",
+            "--checkpoint",
+            "run/checkpoint",
+            "--side-by-side",
+            "-o",
+            "out.gif",
+        ],
+        d,
+    );
+    assert!(
+        o.status.success() && text(&o).contains("PSNR"),
+        "{}",
+        text(&o)
+    );
+    let out = minisora::video::read(&d.join("out.gif"), &Default::default()).unwrap();
+    assert_eq!(
+        out.dim(),
+        (4, 16, 48, 3),
+        "input and reconstruction side by side"
+    );
+    let o = minisora(
+        &[
+            "render",
+            "a green square moving left",
+            "--frames",
+            "4",
+            "--height",
+            "18",
+            "--width",
+            "16",
+            "--scale",
+            "1",
+            "-o",
+            "odd.gif",
+        ],
+        d,
+    );
+    assert!(o.status.success());
+    let o = minisora(
+        &[
+            "vae",
+            "roundtrip",
+            "odd.gif",
+            "--checkpoint",
+            "run/checkpoint",
+            "-o",
+            "x.gif",
+        ],
+        d,
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("height 18"),
+        "{}",
+        text(&o)
+    );
+
+    let o = minisora(
+        &[
+            "vae",
+            "eval",
+            "--checkpoint",
+            "run/checkpoint",
+            "--count",
+            "3",
+            "--json",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["clips"], 3);
+    assert!(v["psnr"].as_f64().unwrap() > 0.0 && v["object_colour_error"].as_f64().is_some());
+    let o = minisora(
+        &[
+            "data", "--count", "2", "--frames", "4", "--height", "16", "--width", "16", "-o", "set",
+        ],
+        d,
+    );
+    assert!(o.status.success());
+    let o = minisora(
+        &[
+            "vae",
+            "eval",
+            "--checkpoint",
+            "run/checkpoint",
+            "--data",
+            "set",
+        ],
+        d,
+    );
+    assert!(
+        o.status.success() && text(&o).contains("clips        2"),
+        "{}",
+        text(&o)
+    );
+    let o = minisora(&["vae", "eval", "--checkpoint", "nowhere"], d);
+    assert!(
+        !o.status.success() && text(&o).contains("nowhere"),
+        "{}",
+        text(&o)
+    );
+}

@@ -2,6 +2,7 @@
 
 mod cli;
 mod clips;
+mod dit;
 mod inspect;
 mod parser;
 mod patch;

@@ -1,0 +1,147 @@
+//! Transformer layers shared by the text encoder and the DiT, built only
+//! from ops that carry gradients (candle-nn's fast `layer_norm`,
+//! `softmax_last_dim` and `rope_i` cut them: see `shared/STACK_NOTES.md`).
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::vae::blocks::apply_last;
+use crate::Result;
+
+/// LayerNorm over the last axis without learned scale or shift (DiT's
+/// blocks take theirs from adaLN).
+pub fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(centred.broadcast_div(&(var + eps)?.sqrt()?)?)
+}
+
+/// LayerNorm with a learned scale and shift.
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl LayerNorm {
+    pub fn new(d: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(d, "weight", candle_nn::Init::Const(1.0))?,
+            bias: vb.get_with_hints(d, "bias", candle_nn::Init::Const(0.0))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(layer_norm(x, 1e-6)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)?)
+    }
+}
+
+/// Scaled dot-product attention over heads.
+///
+/// # Shapes
+/// - `q`: `(B, H, N, Dh)`, `k`, `v`: `(B, H, M, Dh)`
+/// - `bias`: additive, broadcastable to `(B, H, N, M)` (0 or `-inf`)
+/// - returns `(B, H, N, Dh)`
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let dh = q.dim(D::Minus1)?;
+    let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (dh as f64).sqrt()))?; // (B, H, N, M)
+    let scores = match bias {
+        Some(b) => scores.broadcast_add(b)?,
+        None => scores,
+    };
+    let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    Ok(weights.matmul(&v.contiguous()?)?)
+}
+
+/// `(B, N, H * Dh) -> (B, H, N, Dh)`.
+pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, n, d) = x.dims3()?;
+    Ok(x.reshape((b, n, heads, d / heads))?
+        .transpose(1, 2)?
+        .contiguous()?)
+}
+
+/// `(B, H, N, Dh) -> (B, N, H * Dh)`.
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, n, dh) = x.dims4()?;
+    Ok(x.transpose(1, 2)?.contiguous()?.reshape((b, n, h * dh))?)
+}
+
+/// Two-layer MLP with tanh-approximated GELU (as in DiT).
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    pub fn new(d: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            fc1: candle_nn::linear(d, hidden, vb.pp("fc1"))?,
+            fc2: candle_nn::linear(hidden, d, vb.pp("fc2"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        apply_last(&self.fc2, &apply_last(&self.fc1, x)?.gelu()?)
+    }
+}
+
+/// Sinusoidal features of scalars (timesteps): `(B,) -> (B, dim)`, as in
+/// "Attention is all you need" and DiT's timestep embedder.
+pub fn sinusoidal(t: &Tensor, dim: usize, max_period: f64) -> Result<Tensor> {
+    let half = dim / 2;
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| (-(max_period.ln()) * i as f64 / half as f64).exp() as f32)
+        .collect();
+    let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
+    let args = t
+        .to_dtype(DType::F32)?
+        .unsqueeze(1)?
+        .broadcast_mul(&freqs)?; // (B, half)
+    Ok(Tensor::cat(&[args.cos()?, args.sin()?], 1)?)
+}
+
+/// Cos and sin tables of 3D rotary position embedding (RoPE, Su et al. 2021,
+/// one frequency band per axis as in Lumina-T2X / Open-Sora): the head
+/// dimension's rotation pairs are split between t, h and w, and each pair
+/// turns by its axis position times its frequency.
+///
+/// Returns `(cos, sin)`, each `(N, Dh / 2)`, for integer positions `[t, h, w]`.
+pub fn rope_3d(
+    positions: &[[usize; 3]],
+    head_dim: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let pairs = head_dim / 2;
+    // t and h get a third of the pairs each, w the rest
+    let per_axis = [pairs / 3, pairs / 3, pairs - 2 * (pairs / 3)];
+    let mut cos = Vec::with_capacity(positions.len() * pairs);
+    let mut sin = Vec::with_capacity(positions.len() * pairs);
+    for pos in positions {
+        for (axis, &n) in per_axis.iter().enumerate() {
+            for i in 0..n {
+                let freq = 10_000f64.powf(-((2 * i) as f64) / (2 * n) as f64);
+                let angle = pos[axis] as f64 * freq;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+    }
+    let n = positions.len();
+    Ok((
+        Tensor::from_vec(cos, (n, pairs), device)?,
+        Tensor::from_vec(sin, (n, pairs), device)?,
+    ))
+}
+
+/// Rotates interleaved pairs of `x` `(B, H, N, Dh)` by tables `(N, Dh / 2)`,
+/// with gradients (candle-nn's fused `rope_i` has none).
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::rotary_emb::rope_i_slow(
+        &x.contiguous()?,
+        cos,
+        sin,
+    )?)
+}

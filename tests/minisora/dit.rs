@@ -1,0 +1,233 @@
+//! The diffusion transformer and text encoder: shapes, adaLN-Zero, packing,
+//! gradients, and the analytic parameter count.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use minisora::dit::{Dit, DitConfig};
+use minisora::patch::{pack, patchify, PatchSize, Remainder};
+use minisora::rng::Rng;
+use minisora::text::{TextConfig, TextEncoder, Tokenizer};
+use minisora::train::optim::{AdamW, AdamWConfig};
+use minisora::train::{randn, seeded_init};
+
+fn tiny() -> DitConfig {
+    DitConfig {
+        latent_channels: 4,
+        patch: PatchSize::new(1, 2, 2).unwrap(),
+        hidden: 24,
+        depth: 2,
+        heads: 2,
+        mlp_ratio: 4,
+        context_dim: 16,
+        context_len: 6,
+        freq_dim: 32,
+    }
+}
+
+fn build(cfg: &DitConfig) -> (Dit, VarMap) {
+    let varmap = VarMap::new();
+    let dit = Dit::new(
+        cfg,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    seeded_init(&varmap, 3).unwrap();
+    (dit, varmap)
+}
+
+fn noise(shape: &[usize], seed: u64) -> Tensor {
+    randn(&mut Rng::new(seed), shape, &Device::Cpu).unwrap()
+}
+
+fn text(b: usize) -> (Tensor, Tensor, Tensor) {
+    let keep: Vec<f32> = (0..b * 6)
+        .map(|i| if i % 6 < 4 { 1.0 } else { 0.0 })
+        .collect();
+    (
+        noise(&[b, 6, 16], 10),
+        noise(&[b, 16], 11),
+        Tensor::from_vec(keep, (b, 6), &Device::Cpu).unwrap(),
+    )
+}
+
+fn max_abs(x: &Tensor) -> f32 {
+    x.abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+}
+
+/// Gives every zero-initialised layer weights, as after some training.
+fn perturb(varmap: &VarMap) {
+    for (i, var) in varmap.data().lock().unwrap().values().enumerate() {
+        let t = var.as_tensor();
+        var.set(&(t + (noise(t.dims(), 100 + i as u64) * 0.05).unwrap()).unwrap())
+            .unwrap();
+    }
+}
+
+#[test]
+fn output_shape_is_input_shape_and_a_fresh_model_outputs_zeros() {
+    let (dit, varmap) = build(&tiny());
+    for (t, h, w) in [(1, 2, 2), (4, 4, 4), (3, 2, 6), (2, 8, 4)] {
+        let x = noise(&[2, 4, t, h, w], 1);
+        let (ctx, pooled, keep) = text(2);
+        let times = Tensor::new(&[0.3f32, 0.9], &Device::Cpu).unwrap();
+        let out = dit.forward(&x, &times, &ctx, &pooled, &keep).unwrap();
+        assert_eq!(out.dims(), x.dims());
+        assert_eq!(max_abs(&out), 0.0, "adaLN-Zero: a fresh DiT predicts zeros");
+    }
+    perturb(&varmap);
+    let x = noise(&[1, 4, 2, 4, 4], 1);
+    let (ctx, pooled, keep) = text(1);
+    let out = dit
+        .forward(
+            &x,
+            &Tensor::new(&[0.5f32], &Device::Cpu).unwrap(),
+            &ctx,
+            &pooled,
+            &keep,
+        )
+        .unwrap();
+    assert!(max_abs(&out) > 0.0);
+    let err = dit.forward(
+        &noise(&[1, 3, 2, 4, 4], 1),
+        &Tensor::new(&[0.5f32], &Device::Cpu).unwrap(),
+        &ctx,
+        &pooled,
+        &keep,
+    );
+    assert!(err.err().unwrap().to_string().contains("4 latent channels"));
+}
+
+#[test]
+fn the_parameter_count_is_the_one_config_counts() {
+    for cfg in [
+        tiny(),
+        DitConfig {
+            depth: 3,
+            hidden: 32,
+            heads: 4,
+            ..tiny()
+        },
+    ] {
+        let (_, varmap) = build(&cfg);
+        let real: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+        assert_eq!(real as u64, cfg.params());
+    }
+}
+
+#[test]
+fn packed_tokens_see_only_their_own_clip_and_never_padding() {
+    let cfg = tiny();
+    let (dit, varmap) = build(&cfg);
+    perturb(&varmap);
+    let p = cfg.patch;
+    let clips: Vec<_> = [(2, 4, 4), (1, 2, 6), (3, 2, 2)]
+        .iter()
+        .enumerate()
+        .map(|(i, &(t, h, w))| {
+            patchify(
+                &noise(&[1, 4, t, h, w], 20 + i as u64),
+                p,
+                Remainder::Reject,
+            )
+            .unwrap()
+        })
+        .collect();
+    let run = |clips: &[minisora::patch::Patches]| -> Vec<Tensor> {
+        let packed = pack(clips, Some(24)).unwrap();
+        let l = packed.len();
+        let bias = packed
+            .attention_bias(DType::F32, &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, l, l))
+            .unwrap();
+        // padding: finite bias so padded rows (which see only themselves) stay finite
+        let (ctx, pooled, keep) = text(1);
+        let c = dit
+            .condition(&Tensor::new(&[0.4f32], &Device::Cpu).unwrap(), &pooled)
+            .unwrap()
+            .unsqueeze(1)
+            .unwrap();
+        let cb = ((keep - 1.0).unwrap() * 1e9)
+            .unwrap()
+            .reshape((1, 1, 1, 6))
+            .unwrap();
+        let out = dit
+            .forward_tokens(
+                &packed.tokens,
+                &packed.positions,
+                &c,
+                &ctx,
+                &cb,
+                Some(&bias),
+            )
+            .unwrap();
+        packed.unpack(&out).unwrap()
+    };
+    let before = run(&clips);
+    // change clip 2's tokens: clips 0 and 1 must not move
+    let mut changed = clips.clone();
+    changed[2].tokens = (&changed[2].tokens * -2.0).unwrap();
+    let after = run(&changed);
+    for k in 0..2 {
+        assert_eq!(
+            max_abs(&(&before[k] - &after[k]).unwrap()),
+            0.0,
+            "clip {k} saw clip 2"
+        );
+    }
+    assert!(max_abs(&(&before[2] - &after[2]).unwrap()) > 0.0);
+    // a clip alone gives what it gives packed (padding and neighbours are invisible)
+    let alone = run(&clips[1..2]);
+    let diff = max_abs(&(&alone[0] - &before[1]).unwrap());
+    assert!(diff < 1e-5, "clip 1 alone vs packed: {diff}");
+}
+
+#[test]
+fn every_parameter_of_the_dit_and_text_encoder_learns() {
+    let cfg = tiny();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let tok = Tokenizer::from_captions(["a red circle growing", "a blue square moving left"], 6);
+    let tcfg = TextConfig {
+        vocab_size: tok.vocab_size(),
+        max_len: 6,
+        width: 16,
+        depth: 1,
+        heads: 2,
+    };
+    let text = TextEncoder::new(&tcfg, vb.pp("text")).unwrap();
+    let dit = Dit::new(&cfg, vb.pp("dit")).unwrap();
+    seeded_init(&varmap, 1).unwrap();
+    let ids: Vec<u32> = ["a red circle growing", "a blue square moving left"]
+        .iter()
+        .flat_map(|c| tok.encode(c).unwrap())
+        .collect();
+    let ids = Tensor::from_vec(ids, (2, 6), &Device::Cpu).unwrap();
+    let keep = ids.ne(0u32).unwrap().to_dtype(DType::F32).unwrap();
+    let x = noise(&[2, 4, 2, 4, 4], 5);
+    let target = noise(&[2, 4, 2, 4, 4], 6);
+    let t = Tensor::new(&[0.2f32, 0.7], &Device::Cpu).unwrap();
+    let all: HashMap<_, _> = varmap.data().lock().unwrap().clone();
+    let mut opt = AdamW::new(all.clone(), AdamWConfig::default()).unwrap();
+    let loss = || {
+        let (ctx, pooled) = text.forward(&ids).unwrap();
+        let out = dit.forward(&x, &t, &ctx, &pooled, &keep).unwrap();
+        (out - &target).unwrap().sqr().unwrap().mean_all().unwrap()
+    };
+    // zero-initialised gates and outputs open up after the first steps
+    for _ in 0..2 {
+        opt.step(&loss().backward().unwrap(), 1e-2).unwrap();
+    }
+    let grads = loss().backward().unwrap();
+    let mut missing = vec![];
+    for (name, var) in &all {
+        let ok = grads.get(var.as_tensor()).is_some_and(|g| max_abs(g) > 0.0);
+        if !ok {
+            missing.push(name.clone());
+        }
+    }
+    missing.sort();
+    assert!(missing.is_empty(), "no gradient for {missing:?}");
+}
