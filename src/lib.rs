@@ -21,6 +21,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod diffusion;
 pub mod dit;
 pub mod error;
 pub mod inspect;

@@ -2,6 +2,7 @@
 
 mod cli;
 mod clips;
+mod diffusion;
 mod dit;
 mod inspect;
 mod parser;
