@@ -41,7 +41,7 @@ pub struct Preset {
 pub const NAMES: &[&str] = &["default", "S", "B", "L", "XL"];
 
 /// The default compression network's factors (see [`VaeConfig::default_preset`]):
-/// 2x in time, 4x in space, 8 channels (a 16x32x32 clip becomes 8x8x8x8).
+/// 2x in time, 4x in space, 16 channels (a 16x32x32 clip becomes 16x8x8x8).
 fn compression() -> Compression {
     let vae = VaeConfig::default_preset();
     Compression {

@@ -257,7 +257,7 @@ mod tests {
         assert_eq!(i.tokens, 128);
         assert_eq!(i.footprint, [2, 8, 8]);
         assert_eq!(i.padded_tokens, 0);
-        assert_eq!(i.token_dim, 32);
+        assert_eq!(i.token_dim, 64);
     }
 
     #[test]

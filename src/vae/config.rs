@@ -24,14 +24,20 @@ pub struct VaeConfig {
 }
 
 impl VaeConfig {
-    /// The default compression network: 2x in time, 4x in space, 8 channels
-    /// (a 16x32x32 clip becomes 8x8x8x8, 12x fewer values).
+    /// The default compression network: 2x in time, 4x in space, 16
+    /// channels (a 16x32x32 clip becomes 16x8x8x8, 6x fewer values).
+    ///
+    /// Chosen by short runs on the 2-core machine (batch 8, lr 2e-3): 16
+    /// channels led 8 by about 0.4 dB at equal steps; width 64 trains 2.3x
+    /// faster than 128 (14.5 vs 6.3 clips/s) and was ahead at equal wall
+    /// time (21.3 dB after 112 s vs about 18.7); a decoder stage at twice the
+    /// latent resolution cost 30% speed for no early gain.
     pub fn default_preset() -> Self {
         Self {
             ft: 2,
             fs: 4,
-            latent_channels: 8,
-            width: 128,
+            latent_channels: 16,
+            width: 64,
             blocks: 3,
             kl_weight: 1e-4,
         }
