@@ -81,6 +81,25 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     })
 }
 
+/// Reads `DIR/config.json` as `T` after checking that its `kind` is
+/// `kind`, so a checkpoint of another stage gets a message that says so.
+pub fn read_config<T: DeserializeOwned>(dir: &Path, kind: &str, what: &str) -> Result<T> {
+    let path = dir.join("config.json");
+    let value: serde_json::Value = read_json(&path)?;
+    match value.get("kind").and_then(|k| k.as_str()) {
+        Some(k) if k == kind => {}
+        Some(k) => invalid!(
+            "{}: is a \"{k}\" checkpoint, not {what} ({kind})",
+            dir.display()
+        ),
+        None => invalid!(
+            "{}: has no \"kind\": not a minisora checkpoint",
+            path.display()
+        ),
+    }
+    serde_json::from_value(value).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+}
+
 /// Saves named tensors as safetensors.
 pub fn write_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
     candle_core::safetensors::save(tensors, path)

@@ -28,6 +28,7 @@ pub mod inspect;
 pub mod nn;
 pub mod ops;
 pub mod patch;
+pub mod pipeline;
 pub mod preset;
 pub mod rng;
 pub mod text;

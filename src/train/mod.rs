@@ -6,6 +6,7 @@
 //! number, so a run resumed from a checkpoint continues exactly where it
 //! stopped.
 
+pub mod dit;
 pub mod optim;
 pub mod vae;
 
@@ -207,6 +208,14 @@ impl RunConfig {
     pub fn canvas(&self) -> Result<Canvas> {
         Canvas::new(self.frames, self.height, self.width)
     }
+}
+
+/// How a training run ended.
+#[derive(Clone, Debug)]
+pub struct TrainOutcome {
+    pub step: u64,
+    pub checkpoint: PathBuf,
+    pub seconds: f64,
 }
 
 /// How this invocation of a run behaves (not part of the run's settings).

@@ -1,6 +1,6 @@
 //! Training the compression network, and its checkpoints.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
@@ -8,8 +8,10 @@ use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use super::optim::{learning_rate, AdamW, AdamWConfig};
-use super::{randn, seeded_init, CsvLog, DataSource, RunConfig, Session, StepReport, HELD_OUT};
-use crate::checkpoint::{self, read_json, read_tensors, write_json, write_tensors};
+use super::{
+    randn, seeded_init, CsvLog, DataSource, RunConfig, Session, StepReport, TrainOutcome, HELD_OUT,
+};
+use crate::checkpoint::{self, read_tensors, write_json, write_tensors};
 use crate::data::shapes_world::CONTRACT_VERSION;
 use crate::rng::Rng;
 use crate::vae::{Vae, VaeConfig};
@@ -57,14 +59,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<VaeCheckpoint> {
     if !dir.is_dir() {
         invalid!("{}: no such checkpoint directory", dir.display());
     }
-    let meta: VaeMeta = read_json(&dir.join("config.json"))?;
-    if meta.kind != "vae" {
-        invalid!(
-            "{}: is a \"{}\" checkpoint, not an autoencoder (vae)",
-            dir.display(),
-            meta.kind
-        );
-    }
+    let meta: VaeMeta = checkpoint::read_config(dir, "vae", "an autoencoder")?;
     if meta.contract != CONTRACT_VERSION {
         invalid!(
             "{}: trained on Shapes World v{}, this minisora implements v{CONTRACT_VERSION}",
@@ -114,14 +109,6 @@ pub fn latent_stats(
         .sum::<f64>()
         / n;
     Ok((mean, var.sqrt().max(1e-8)))
-}
-
-/// How a training run ended.
-#[derive(Clone, Debug)]
-pub struct TrainOutcome {
-    pub step: u64,
-    pub checkpoint: PathBuf,
-    pub seconds: f64,
 }
 
 /// Trains (or, with `resume`, continues) an autoencoder in `out`:

@@ -4,6 +4,7 @@ mod cli;
 mod clips;
 mod diffusion;
 mod dit;
+mod generate;
 mod inspect;
 mod parser;
 mod patch;

@@ -1,0 +1,119 @@
+//! Text to video: the denoising loop written out. A prompt is tokenized and
+//! encoded, noise is integrated from `t = 1` to `t = 0` by a sampler that
+//! calls the DiT through classifier-free guidance, and the latent is decoded
+//! to frames.
+
+use std::cell::RefCell;
+
+use candle_core::{Device, Tensor};
+
+use crate::data::shapes_world::Canvas;
+use crate::diffusion::{guide, sampler, timesteps, Denoiser, SamplerState};
+use crate::rng::Rng;
+use crate::train::dit::{DitMeta, TextToVideo};
+use crate::train::randn;
+use crate::train::vae::VaeCheckpoint;
+use crate::video::{tensor_to_frames, Frames};
+use crate::Result;
+
+/// How to sample one clip.
+#[derive(Clone, Debug)]
+pub struct SampleOptions {
+    pub seed: u64,
+    pub steps: usize,
+    /// `euler`, `heun` or `dpm++2m`.
+    pub sampler: String,
+    /// Guidance scale; 1 is the conditional prediction alone.
+    pub cfg: f64,
+    /// Timestep shift (1 = uniform steps).
+    pub shift: f64,
+    pub canvas: Canvas,
+}
+
+/// The DiT with one prompt and guidance folded in, as a [`Denoiser`]; it
+/// remembers the data prediction `x - t v` of its last call.
+struct Guided<'a> {
+    model: &'a TextToVideo,
+    cond: Tensor,
+    uncond: Tensor,
+    cfg: f64,
+    last_prediction: RefCell<Option<Tensor>>,
+}
+
+impl Denoiser for Guided<'_> {
+    fn velocity(&self, x_t: &Tensor, t: f64) -> Result<Tensor> {
+        let device = x_t.device();
+        let v = if self.cfg == 1.0 {
+            let time = Tensor::new(&[t as f32], device)?;
+            self.model.velocity(x_t, &time, &self.cond)?
+        } else {
+            // conditional and unconditional in one batch of 2
+            let x2 = Tensor::cat(&[x_t, x_t], 0)?;
+            let time = Tensor::new(&[t as f32, t as f32], device)?;
+            let ids = Tensor::cat(&[&self.cond, &self.uncond], 0)?;
+            let v = self.model.velocity(&x2, &time, &ids)?;
+            guide(&v.narrow(0, 0, 1)?, &v.narrow(0, 1, 1)?, self.cfg)?
+        };
+        self.last_prediction.replace(Some((x_t - (&v * t)?)?));
+        Ok(v)
+    }
+}
+
+/// A generated clip: frames, its final latent, and the data prediction after
+/// each step (normalised latents) for `--show-steps`.
+pub struct Generated {
+    pub frames: Frames,
+    pub latent: Tensor,
+    pub predictions: Vec<Tensor>,
+}
+
+/// Decodes normalised latents `(1, C, T', H', W')` to frames.
+pub fn decode(vae: &VaeCheckpoint, z: &Tensor) -> Result<Frames> {
+    let (scale, shift) = (vae.meta.scale_factor, vae.meta.latent_mean);
+    let latent = z.affine(1.0 / scale, shift)?;
+    tensor_to_frames(&vae.vae.decode(&latent)?.clamp(-1.0, 1.0)?)
+}
+
+/// Generates one clip of `prompt`.
+pub fn generate(
+    model: &TextToVideo,
+    meta: &DitMeta,
+    vae: &VaeCheckpoint,
+    prompt: &str,
+    options: &SampleOptions,
+    device: &Device,
+) -> Result<Generated> {
+    let sampler = sampler(&options.sampler)?;
+    if options.steps == 0 {
+        crate::invalid!("--steps must be at least 1");
+    }
+    let c = options.canvas;
+    let [lt, lh, lw] = vae.meta.vae.latent_size([c.frames, c.height, c.width])?;
+    let tok = &meta.tokenizer;
+    let ids = |v: Vec<u32>| Tensor::from_vec(v, (1, tok.max_len), device);
+    let guided = Guided {
+        model,
+        cond: ids(tok.encode(prompt)?)?,
+        uncond: ids(tok.null())?,
+        cfg: options.cfg,
+        last_prediction: RefCell::new(None),
+    };
+    let mut x = randn(
+        &mut Rng::new(options.seed),
+        &[1, meta.dit.latent_channels, lt, lh, lw],
+        device,
+    )?;
+    let mut state = SamplerState::default();
+    let mut predictions = Vec::with_capacity(options.steps);
+    for w in timesteps(options.steps, options.shift).windows(2) {
+        x = sampler.step(&guided, &x, w[0], w[1], &mut state)?;
+        if let Some(p) = guided.last_prediction.borrow().as_ref() {
+            predictions.push(p.clone());
+        }
+    }
+    Ok(Generated {
+        frames: decode(vae, &x)?,
+        latent: x,
+        predictions,
+    })
+}

@@ -1,0 +1,328 @@
+//! Training the text encoder and the DiT together on the compression
+//! network's latents with the rectified-flow objective, and their
+//! checkpoints.
+//!
+//! A checkpoint directory is a whole text-to-video model: `config.json`,
+//! `model.safetensors` (the EMA weights that generation uses),
+//! `train.safetensors` and `optimizer.safetensors` (raw weights and AdamW
+//! moments, for resuming), and `vae/`, a copy of the autoencoder it was
+//! trained on.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+use super::optim::{learning_rate, AdamW, AdamWConfig};
+use super::vae::{self as vae_train, VaeCheckpoint};
+use super::{randn, seeded_init, CsvLog, RunConfig, Session, StepReport, TrainOutcome};
+use crate::checkpoint::{self, read_json, read_tensors, write_json, write_tensors};
+use crate::data::shapes_world::{Scene, CONTRACT_VERSION};
+use crate::diffusion::{interpolate, logit_normal};
+use crate::dit::{Dit, DitConfig};
+use crate::rng::Rng;
+use crate::text::{TextConfig, TextEncoder, Tokenizer};
+use crate::{invalid, Error, Result};
+
+/// `config.json` of a text-to-video checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DitMeta {
+    /// Always `"dit"`.
+    pub kind: String,
+    pub contract: u32,
+    pub dit: DitConfig,
+    pub text: TextConfig,
+    pub tokenizer: Tokenizer,
+    pub run: RunConfig,
+    pub step: u64,
+    /// Probability that a training caption is replaced by the null caption,
+    /// so the model also learns the unconditional velocity (for guidance).
+    pub cfg_dropout: f64,
+    /// Decay of the exponential moving average of the weights.
+    pub ema_decay: f64,
+    pub command: String,
+    pub minisora_version: String,
+}
+
+/// The text encoder and DiT with their variables.
+pub struct TextToVideo {
+    pub text: TextEncoder,
+    pub dit: Dit,
+    pub varmap: VarMap,
+}
+
+impl TextToVideo {
+    pub fn new(dit: &DitConfig, text: &TextConfig, device: &Device) -> Result<Self> {
+        if dit.context_dim != text.width || dit.context_len != text.max_len {
+            invalid!(
+                "the DiT reads {} text tokens of width {}, the text encoder makes {} of width {}",
+                dit.context_len,
+                dit.context_dim,
+                text.max_len,
+                text.width
+            );
+        }
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        Ok(Self {
+            text: TextEncoder::new(text, vb.pp("text"))?,
+            dit: Dit::new(dit, vb.pp("dit"))?,
+            varmap,
+        })
+    }
+
+    /// Velocity for latents `x_t` `(B, C, T', H', W')` at times `t` `(B,)`
+    /// and captions `ids` `(B, L)`.
+    pub fn velocity(&self, x_t: &Tensor, t: &Tensor, ids: &Tensor) -> Result<Tensor> {
+        let keep = ids.ne(crate::text::PAD_ID)?.to_dtype(DType::F32)?;
+        let (context, pooled) = self.text.forward(ids)?;
+        self.dit.forward(x_t, t, &context, &pooled, &keep)
+    }
+}
+
+/// The Shapes World vocabulary: every word of the grammar, as the training
+/// captions use them.
+pub fn shapes_world_tokenizer(max_len: usize) -> Tokenizer {
+    let mut rng = Rng::new(0);
+    let captions: Vec<String> = (0..4000)
+        .map(|_| Scene::sample(&mut rng).caption())
+        .collect();
+    Tokenizer::from_captions(captions.iter().map(String::as_str), max_len)
+}
+
+/// Loads a text-to-video checkpoint (EMA weights) with its autoencoder.
+pub fn load(dir: &Path, device: &Device) -> Result<(DitMeta, TextToVideo, VaeCheckpoint)> {
+    checkpoint::recover(dir)?;
+    if !dir.is_dir() {
+        invalid!("{}: no such checkpoint directory", dir.display());
+    }
+    let meta: DitMeta = checkpoint::read_config(dir, "dit", "a text-to-video model")?;
+    if meta.contract != CONTRACT_VERSION {
+        invalid!(
+            "{}: trained on Shapes World v{}, this minisora implements v{CONTRACT_VERSION}",
+            dir.display(),
+            meta.contract
+        );
+    }
+    let model = TextToVideo::new(&meta.dit, &meta.text, device)?;
+    let weights = dir.join("model.safetensors");
+    checkpoint::load_into(&model.varmap, &read_tensors(&weights, device)?, &weights)?;
+    let vae = vae_train::load(&dir.join("vae"), device)?;
+    Ok((meta, model, vae))
+}
+
+fn copy_vae(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| Error::io(to, e))?;
+    for name in ["config.json", "model.safetensors"] {
+        std::fs::copy(from.join(name), to.join(name)).map_err(|e| Error::io(from.join(name), e))?;
+    }
+    Ok(())
+}
+
+/// EMA of the weights: `ema <- decay ema + (1 - decay) w`.
+fn update_ema(ema: &mut HashMap<String, Tensor>, varmap: &VarMap, decay: f64) -> Result<()> {
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::Invalid("poisoned".into()))?;
+    for (name, var) in vars.iter() {
+        let w = var.as_tensor().detach();
+        let next = match ema.get(name) {
+            Some(e) => ((e * decay)? + (w * (1.0 - decay))?)?,
+            None => w,
+        };
+        ema.insert(name.clone(), next);
+    }
+    Ok(())
+}
+
+/// Settings of a DiT run beyond the shared [`RunConfig`].
+#[derive(Clone, Debug)]
+pub struct DitJob<'a> {
+    pub dit: DitConfig,
+    pub text: TextConfig,
+    pub run: RunConfig,
+    /// The autoencoder checkpoint to train on (copied into the checkpoint).
+    pub vae_dir: &'a Path,
+    pub cfg_dropout: f64,
+    pub ema_decay: f64,
+}
+
+/// Trains (or resumes) text encoder and DiT in `out` (`out/checkpoint/`,
+/// `out/log.csv`), as [`super::vae::train`] does for the autoencoder.
+pub fn train(
+    out: &Path,
+    job: &DitJob,
+    session: &Session,
+    device: &Device,
+    mut on_step: impl FnMut(&StepReport),
+) -> Result<TrainOutcome> {
+    let run = &job.run;
+    if run.batch == 0 || run.steps == 0 {
+        invalid!("steps and batch must be at least 1");
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let ckpt_dir = out.join("checkpoint");
+    checkpoint::recover(&ckpt_dir)?;
+    let vae = vae_train::load(job.vae_dir, device)
+        .map_err(|e| Error::Invalid(format!("the autoencoder: {e}")))?;
+    let canvas = run.canvas()?;
+    let [lt, lh, lw] = vae
+        .meta
+        .vae
+        .latent_size([canvas.frames, canvas.height, canvas.width])?;
+    if vae.meta.vae.latent_channels != job.dit.latent_channels {
+        invalid!(
+            "the autoencoder makes {} latent channels, the DiT takes {}",
+            vae.meta.vae.latent_channels,
+            job.dit.latent_channels
+        );
+    }
+    let data = super::data_source(&run.data, canvas, run.seed)?;
+    let tokenizer = match &data {
+        super::DataSource::Shapes { .. } => shapes_world_tokenizer(job.text.max_len),
+        super::DataSource::Folder { clips, .. } => {
+            Tokenizer::from_captions(clips.iter().map(|c| c.caption.as_str()), job.text.max_len)
+        }
+    };
+    let text_cfg = TextConfig {
+        vocab_size: tokenizer.vocab_size(),
+        ..job.text.clone()
+    };
+    let model = TextToVideo::new(&job.dit, &text_cfg, device)?;
+    let vars = model
+        .varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::Invalid("poisoned".into()))?
+        .clone();
+    let mut opt = AdamW::new(vars, AdamWConfig::default())?;
+    let mut ema: HashMap<String, Tensor> = HashMap::new();
+    let start = if session.resume {
+        let meta: DitMeta = read_json(&ckpt_dir.join("config.json"))
+            .map_err(|e| Error::Invalid(format!("cannot resume: {e}")))?;
+        let same_run = RunConfig {
+            steps: run.steps,
+            ..meta.run.clone()
+        };
+        if meta.dit != job.dit || meta.text != text_cfg || same_run != *run {
+            invalid!(
+                "cannot resume: {} was trained with other settings; only --steps may change",
+                ckpt_dir.display()
+            );
+        }
+        let raw = ckpt_dir.join("train.safetensors");
+        checkpoint::load_into(&model.varmap, &read_tensors(&raw, device)?, &raw)?;
+        ema = read_tensors(&ckpt_dir.join("model.safetensors"), device)?;
+        opt.load_state(
+            &read_tensors(&ckpt_dir.join("optimizer.safetensors"), device)?,
+            meta.step,
+        )?;
+        meta.step
+    } else {
+        if ckpt_dir.exists() {
+            invalid!("{} already holds a checkpoint: pass --resume to continue it, or choose another --out", ckpt_dir.display());
+        }
+        seeded_init(&model.varmap, run.seed)?;
+        update_ema(&mut ema, &model.varmap, 0.0)?;
+        0
+    };
+    let mut log = CsvLog::open(
+        &out.join("log.csv"),
+        "step,lr,loss,clips_per_s",
+        session.resume.then_some(start),
+    )?;
+    let meta = |step: u64| DitMeta {
+        kind: "dit".into(),
+        contract: CONTRACT_VERSION,
+        dit: job.dit.clone(),
+        text: text_cfg.clone(),
+        tokenizer: tokenizer.clone(),
+        run: run.clone(),
+        step,
+        cfg_dropout: job.cfg_dropout,
+        ema_decay: job.ema_decay,
+        command: session.command.clone(),
+        minisora_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let save = |step: u64, opt: &AdamW, ema: &HashMap<String, Tensor>| -> Result<()> {
+        let raw = checkpoint::named_tensors(&model.varmap)?;
+        checkpoint::write_dir(&ckpt_dir, |tmp| {
+            write_json(&tmp.join("config.json"), &meta(step))?;
+            write_tensors(&tmp.join("model.safetensors"), ema)?;
+            write_tensors(&tmp.join("train.safetensors"), &raw)?;
+            write_tensors(&tmp.join("optimizer.safetensors"), &opt.state())?;
+            copy_vae(job.vae_dir, &tmp.join("vae"))
+        })
+    };
+    let (scale, shift) = (vae.meta.scale_factor, vae.meta.latent_mean);
+    let end = session.stop_at.unwrap_or(run.steps).min(run.steps);
+    let started = Instant::now();
+    for step in start..end {
+        let t0 = Instant::now();
+        let mut rng = Rng::derive(run.seed ^ 0xd17_u64, step);
+        let (frames, captions) = data.batch(step, run.batch, device)?;
+        // latents with unit variance: (mean - shift) * scale, no gradient into the VAE
+        let z0 = vae
+            .vae
+            .encode(&frames)?
+            .mean
+            .detach()
+            .affine(scale, -shift * scale)?;
+        let mut ids = Vec::with_capacity(run.batch * tokenizer.max_len);
+        for caption in &captions {
+            let dropped = rng.uniform() < job.cfg_dropout;
+            ids.extend(if dropped {
+                tokenizer.null()
+            } else {
+                tokenizer.encode(caption)?
+            });
+        }
+        let ids = Tensor::from_vec(ids, (run.batch, tokenizer.max_len), device)?;
+        let t = Tensor::from_vec(
+            logit_normal(&mut rng, run.batch, 0.0, 1.0),
+            run.batch,
+            device,
+        )?;
+        let eps = randn(
+            &mut rng,
+            &[run.batch, job.dit.latent_channels, lt, lh, lw],
+            device,
+        )?;
+        let (x_t, target) = interpolate(&z0, &eps, &t)?;
+        let loss = (model.velocity(&x_t, &t, &ids)? - target)?
+            .sqr()?
+            .mean_all()?;
+        let loss_v = loss.to_scalar::<f32>()? as f64;
+        if !loss_v.is_finite() {
+            invalid!("the loss became {loss_v} at step {}: stopping; the last checkpoint ({}) is kept. Try a lower --lr.", step + 1, ckpt_dir.display());
+        }
+        let lr = learning_rate(step, run.steps, run.warmup, run.lr, run.lr_floor);
+        opt.step(&loss.backward()?, lr)?;
+        update_ema(&mut ema, &model.varmap, job.ema_decay)?;
+        let cps = run.batch as f64 / t0.elapsed().as_secs_f64();
+        log.append(&format!("{},{lr:.6e},{loss_v:.6},{cps:.2}", step + 1))?;
+        on_step(&StepReport {
+            step: step + 1,
+            total: run.steps,
+            lr,
+            loss: loss_v,
+            extra: vec![],
+            clips_per_s: cps,
+        });
+        if (step + 1) % run.checkpoint_every == 0 && step + 1 < end {
+            save(step + 1, &opt, &ema)?;
+        }
+    }
+    if end > start || !session.resume {
+        save(end, &opt, &ema)?;
+    }
+    Ok(TrainOutcome {
+        step: end,
+        checkpoint: ckpt_dir,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
