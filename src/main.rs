@@ -67,6 +67,55 @@ enum Command {
     /// Use a trained compression network: `vae roundtrip`, `vae eval`
     #[command(subcommand)]
     Vae(VaeCommand),
+    /// Generate clips from prompts with a trained model
+    #[command(
+        after_help = "Examples:\n  minisora generate \"a red circle moving right\" -o red.mp4\n  \
+        minisora generate \"a small blue square growing\" --sampler heun --steps 10 --cfg 3 --show-steps -o sq.gif\n  \
+        minisora generate --prompts samples/prompts.txt -o out/   (one clip per line: out/000.mp4, ...)"
+    )]
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// The prompt (Shapes World grammar, words the model knows)
+    #[arg(required_unless_present = "prompts")]
+    prompt: Option<String>,
+    /// A file of prompts, one per line: writes OUTPUT/000.EXT, OUTPUT/001.EXT, ...
+    #[arg(long, conflicts_with = "prompt")]
+    prompts: Option<PathBuf>,
+    /// Text-to-video checkpoint [default: the shipped samples/model]
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Seed of the starting noise
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Denoising steps
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Sampler: euler, heun, dpm++2m
+    #[arg(long, default_value = "dpm++2m")]
+    sampler: String,
+    /// Classifier-free guidance scale (1 = none)
+    #[arg(long, default_value_t = 3.0)]
+    cfg: f64,
+    /// Timestep shift (1 = uniform steps; >1 spends more steps at high noise)
+    #[arg(long, default_value_t = 1.0)]
+    shift: f64,
+    #[command(flatten)]
+    clip: ClipArgs,
+    /// Nearest-neighbour upscale [default: enough for 256 pixels on the short side]
+    #[arg(long)]
+    scale: Option<usize>,
+    /// Also write the data prediction after each step as a contact sheet (OUTPUT stem + .steps.png)
+    #[arg(long)]
+    show_steps: bool,
+    /// Output file (.mp4, .gif, .png, dir/), or a folder with --prompts
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Extension of each clip with --prompts
+    #[arg(long, default_value = "mp4")]
+    format: String,
 }
 
 #[derive(Subcommand)]
@@ -79,6 +128,61 @@ enum TrainCommand {
         Example (the shipped autoencoder):\n  minisora train vae --steps 3000 --batch 8 --out runs/vae"
     )]
     Vae(TrainVaeArgs),
+    /// Train the text encoder and diffusion transformer on a trained autoencoder's latents
+    #[command(
+        after_help = "OUT/checkpoint/ is a whole text-to-video model (EMA weights, text encoder, \
+        tokenizer, and a copy of the autoencoder), written atomically; --resume continues it exactly.\n\n\
+        Example:\n  minisora train dit --vae samples/vae --steps 4000 --out runs/dit"
+    )]
+    Dit(TrainDitArgs),
+}
+
+#[derive(Args)]
+struct TrainDitArgs {
+    /// The autoencoder checkpoint whose latents to learn
+    #[arg(long)]
+    vae: PathBuf,
+    /// DiT preset: default, S, B, L, XL
+    #[arg(long, default_value = "default")]
+    preset: String,
+    /// Training clips: "shapes" (rendered on the fly) or a clip folder
+    #[arg(long, default_value = "shapes")]
+    data: String,
+    /// Optimizer steps in all
+    #[arg(long, default_value_t = 4000)]
+    steps: u64,
+    /// Clips per step
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Peak learning rate
+    #[arg(long, default_value_t = 5e-4)]
+    lr: f64,
+    /// Warm-up steps
+    #[arg(long, default_value_t = 200)]
+    warmup: u64,
+    /// Probability of training on the null caption (enables guidance)
+    #[arg(long, default_value_t = 0.1)]
+    cfg_dropout: f64,
+    /// Decay of the weights' moving average used for sampling
+    #[arg(long, default_value_t = 0.999)]
+    ema: f64,
+    /// Seed of the data order, initial weights and noise
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    clip: ClipArgs,
+    /// Steps between checkpoints
+    #[arg(long, default_value_t = 250)]
+    checkpoint_every: u64,
+    /// Run folder
+    #[arg(long, default_value = "runs/dit")]
+    out: PathBuf,
+    /// Continue the checkpoint in --out
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this step (with a checkpoint), to continue later with --resume
+    #[arg(long)]
+    stop_at: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -382,6 +486,133 @@ fn train_vae(args: TrainVaeArgs) -> Result<()> {
     Ok(())
 }
 
+fn train_dit(args: TrainDitArgs) -> Result<()> {
+    use minisora::train::{dit, RunConfig, Session};
+    let preset = minisora::preset::preset(&args.preset)?;
+    let text = minisora::text::TextConfig {
+        vocab_size: 0, // set from the training captions
+        max_len: preset.dit.context_len,
+        width: preset.dit.context_dim,
+        depth: 2,
+        heads: 4,
+    };
+    let run = RunConfig {
+        steps: args.steps,
+        batch: args.batch,
+        lr: args.lr,
+        warmup: args.warmup,
+        lr_floor: 0.1,
+        seed: args.seed,
+        data: args.data.clone(),
+        frames: args.clip.frames,
+        height: args.clip.height,
+        width: args.clip.width,
+        checkpoint_every: args.checkpoint_every.max(1),
+    };
+    let job = dit::DitJob {
+        dit: preset.dit.clone(),
+        text,
+        run,
+        vae_dir: &args.vae,
+        cfg_dropout: args.cfg_dropout,
+        ema_decay: args.ema,
+    };
+    let session = Session {
+        resume: args.resume,
+        stop_at: args.stop_at,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let bar = progress_bar(args.steps, 0)?;
+    let outcome = dit::train(&args.out, &job, &session, &Device::Cpu, |r| {
+        bar.set_position(r.step);
+        bar.set_message(format!("loss {:.4}  {:.1} clips/s", r.loss, r.clips_per_s));
+    })?;
+    bar.finish();
+    println!(
+        "step {} of {}: checkpoint {} ({:.0} s this run)",
+        outcome.step,
+        args.steps,
+        outcome.checkpoint.display(),
+        outcome.seconds
+    );
+    Ok(())
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    use minisora::pipeline::{self, SampleOptions};
+    let dir = args.checkpoint.clone().unwrap_or_else(|| shipped("model"));
+    if args.checkpoint.is_none() && !dir.exists() {
+        bail!(
+            "no shipped model at {} yet: train one (minisora train vae, then minisora train dit) and pass --checkpoint",
+            dir.display()
+        );
+    }
+    let (meta, model, vae) = minisora::train::dit::load(&dir, &Device::Cpu)?;
+    let canvas = args.clip.canvas()?;
+    let options = SampleOptions {
+        seed: args.seed,
+        steps: args.steps,
+        sampler: args.sampler.clone(),
+        cfg: args.cfg,
+        shift: args.shift,
+        canvas,
+    };
+    let write = WriteOptions {
+        fps: args.clip.fps,
+        scale: auto_scale(args.scale, canvas.height, canvas.width),
+    };
+    let jobs: Vec<(String, PathBuf)> = match (&args.prompt, &args.prompts) {
+        (Some(p), _) => vec![(p.clone(), args.output.clone())],
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            std::fs::create_dir_all(&args.output)
+                .with_context(|| format!("cannot create {}", args.output.display()))?;
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .enumerate()
+                .map(|(i, p)| {
+                    (
+                        p.to_string(),
+                        args.output.join(format!("{i:03}.{}", args.format)),
+                    )
+                })
+                .collect()
+        }
+        (None, None) => bail!("give a prompt or --prompts FILE"),
+    };
+    let bar = progress_bar(jobs.len() as u64, 0)?;
+    for (prompt, out) in &jobs {
+        let g = pipeline::generate(&model, &meta, &vae, prompt, &options, &Device::Cpu)
+            .with_context(|| format!("prompt \"{prompt}\""))?;
+        video::write(out, &g.frames.view(), &write)?;
+        if args.show_steps {
+            // one row per step: the middle frame of each step's data prediction
+            let rows: Vec<_> = g
+                .predictions
+                .iter()
+                .map(|p| pipeline::decode(&vae, p))
+                .collect::<minisora::Result<_>>()?;
+            let mid = canvas.frames / 2;
+            let views: Vec<_> = rows
+                .iter()
+                .map(|f| f.slice(ndarray::s![mid..mid + 1, .., .., ..]))
+                .collect();
+            let strip = ndarray::concatenate(ndarray::Axis(0), &views)?;
+            let steps_path = out.with_extension("steps.png");
+            video::write(&steps_path, &strip.view(), &write)?;
+        }
+        bar.inc(1);
+        bar.println(format!(
+            "\"{prompt}\" -> {}",
+            video::describe(out, &g.frames.view(), &write)
+        ));
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
 fn vae_roundtrip(args: VaeRoundtripArgs) -> Result<()> {
     let ckpt_dir = args.checkpoint.unwrap_or_else(|| shipped("vae"));
     let ckpt = minisora::train::vae::load(&ckpt_dir, &Device::Cpu)?;
@@ -547,6 +778,8 @@ fn run() -> Result<()> {
         Command::Data(args) => data(args),
         Command::Inspect(args) => inspect(args),
         Command::Train(TrainCommand::Vae(args)) => train_vae(args),
+        Command::Train(TrainCommand::Dit(args)) => train_dit(args),
+        Command::Generate(args) => generate(args),
         Command::Vae(VaeCommand::Roundtrip(args)) => vae_roundtrip(args),
         Command::Vae(VaeCommand::Eval(args)) => vae_eval(args),
     }

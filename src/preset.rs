@@ -38,12 +38,12 @@ pub struct Preset {
 }
 
 /// Names accepted by [`preset`].
-pub const NAMES: &[&str] = &["default", "S", "B", "L", "XL"];
+pub const NAMES: &[&str] = &["default", "S", "B", "L", "XL", "tiny"];
 
-/// The default compression network's factors (see [`VaeConfig::default_preset`]):
-/// 2x in time, 4x in space, 16 channels (a 16x32x32 clip becomes 16x8x8x8).
-fn compression() -> Compression {
-    let vae = VaeConfig::default_preset();
+/// A compression network's factors: the default one (see
+/// [`VaeConfig::default_preset`]) is 2x in time, 4x in space, 16 channels (a
+/// 16x32x32 clip becomes 16x8x8x8).
+fn compression_of(vae: &VaeConfig) -> Compression {
     Compression {
         t: vae.ft,
         s: vae.fs,
@@ -53,7 +53,7 @@ fn compression() -> Compression {
 
 fn dit(hidden: usize, depth: usize, heads: usize, context_dim: usize) -> DitConfig {
     DitConfig {
-        latent_channels: compression().channels,
+        latent_channels: VaeConfig::default_preset().latent_channels,
         patch: PatchSize { t: 1, h: 2, w: 2 },
         hidden,
         depth,
@@ -84,6 +84,27 @@ pub fn preset(name: &str) -> Result<Preset> {
         "b" => ("B", "DiT-B width and depth", big, dit(768, 12, 12, 256)),
         "l" => ("L", "DiT-L width and depth", big, dit(1024, 24, 16, 256)),
         "xl" => ("XL", "DiT-XL width and depth", big, dit(1152, 28, 16, 256)),
+        "tiny" => {
+            // for tests: pairs with the tiny autoencoder
+            let vae = VaeConfig::tiny();
+            let config = DitConfig {
+                latent_channels: vae.latent_channels,
+                freq_dim: 32,
+                ..dit(32, 1, 2, 16)
+            };
+            let canvas = Canvas {
+                frames: 4,
+                height: 16,
+                width: 16,
+            };
+            return Ok(Preset {
+                name: "tiny",
+                summary: "a test-sized model",
+                canvas,
+                compression: compression_of(&vae),
+                dit: config,
+            });
+        }
         _ => invalid!(
             "unknown preset \"{name}\": expected one of {}",
             NAMES.join(", ")
@@ -93,7 +114,7 @@ pub fn preset(name: &str) -> Result<Preset> {
         name,
         summary,
         canvas,
-        compression: compression(),
+        compression: compression_of(&VaeConfig::default_preset()),
         dit,
     })
 }

@@ -314,3 +314,175 @@ fn train_vae_then_roundtrip_and_eval_end_to_end() {
         text(&o)
     );
 }
+
+#[test]
+fn train_dit_then_generate_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let size = ["--frames", "4", "--height", "16", "--width", "16"];
+    let o = minisora(
+        &[
+            &[
+                "train", "vae", "--preset", "tiny", "--steps", "1", "--batch", "1", "--out", "vae",
+            ][..],
+            &size,
+        ]
+        .concat(),
+        d,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let train = [
+        &[
+            "train",
+            "dit",
+            "--vae",
+            "vae/checkpoint",
+            "--preset",
+            "tiny",
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--out",
+            "dit",
+        ][..],
+        &size,
+    ]
+    .concat();
+    let o = minisora(&train, d);
+    assert!(
+        o.status.success() && text(&o).contains("step 2 of 2"),
+        "{}",
+        text(&o)
+    );
+    let gen = [
+        &[
+            "generate",
+            "a red circle growing",
+            "--checkpoint",
+            "dit/checkpoint",
+            "--steps",
+            "3",
+            "--show-steps",
+            "-o",
+            "g.gif",
+        ][..],
+        &size,
+    ]
+    .concat();
+    let o = minisora(&gen, d);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        minisora::video::read(&d.join("g.gif"), &Default::default())
+            .unwrap()
+            .dim()
+            .0,
+        4
+    );
+    assert!(d.join("g.steps.png").exists());
+    std::fs::write(
+        d.join("prompts.txt"),
+        "a red circle growing\n# a comment\n\na blue square moving up\n",
+    )
+    .unwrap();
+    let many = [
+        &[
+            "generate",
+            "--prompts",
+            "prompts.txt",
+            "--checkpoint",
+            "dit/checkpoint",
+            "--steps",
+            "2",
+            "--format",
+            "gif",
+            "-o",
+            "many",
+        ][..],
+        &size,
+    ]
+    .concat();
+    let o = minisora(&many, d);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(d.join("many/000.gif").exists() && d.join("many/001.gif").exists());
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "generate",
+                "a mauve circle growing",
+                "--checkpoint",
+                "dit/checkpoint",
+                "-o",
+                "x.gif",
+            ],
+            "\"mauve\"",
+        ),
+        (
+            &[
+                "generate",
+                "a red circle growing",
+                "--checkpoint",
+                "vae/checkpoint",
+                "-o",
+                "x.gif",
+            ],
+            "not a text-to-video model",
+        ),
+        (
+            &[
+                "generate",
+                "a red circle growing",
+                "--checkpoint",
+                "nowhere",
+                "-o",
+                "x.gif",
+            ],
+            "nowhere",
+        ),
+        (
+            &[
+                "generate",
+                "a red circle growing",
+                "--checkpoint",
+                "dit/checkpoint",
+                "--sampler",
+                "ddim",
+                "-o",
+                "x.gif",
+            ],
+            "ddim",
+        ),
+        (
+            &[
+                "generate",
+                "a red circle growing",
+                "--checkpoint",
+                "dit/checkpoint",
+                "--height",
+                "18",
+                "-o",
+                "x.gif",
+            ],
+            "height 18",
+        ),
+        (
+            &[
+                "generate",
+                "",
+                "--checkpoint",
+                "dit/checkpoint",
+                "-o",
+                "x.gif",
+            ],
+            "empty",
+        ),
+    ];
+    for (args, needle) in cases {
+        let o = minisora(args, d);
+        assert!(
+            !o.status.success() && text(&o).contains(needle) && !text(&o).contains("panicked"),
+            "{args:?}: {}",
+            text(&o)
+        );
+    }
+}
