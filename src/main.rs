@@ -440,6 +440,17 @@ fn progress_bar(total: u64, position: u64) -> Result<ProgressBar> {
     Ok(bar)
 }
 
+/// Closes a training run's progress bar and says where it stopped.
+fn finish_run(bar: &ProgressBar, outcome: &minisora::train::TrainOutcome, steps: u64) {
+    bar.finish();
+    println!(
+        "step {} of {steps}: checkpoint {} ({:.0} s this run)",
+        outcome.step,
+        outcome.checkpoint.display(),
+        outcome.seconds
+    );
+}
+
 fn train_vae(args: TrainVaeArgs) -> Result<()> {
     use minisora::train::{vae, RunConfig};
     let config = minisora::vae::VaeConfig::preset(&args.preset)?;
@@ -475,14 +486,7 @@ fn train_vae(args: TrainVaeArgs) -> Result<()> {
             r.loss, r.clips_per_s
         ));
     })?;
-    bar.finish();
-    println!(
-        "step {} of {}: checkpoint {} ({:.0} s this run)",
-        outcome.step,
-        args.steps,
-        outcome.checkpoint.display(),
-        outcome.seconds
-    );
+    finish_run(&bar, &outcome, args.steps);
     Ok(())
 }
 
@@ -527,14 +531,7 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
         bar.set_position(r.step);
         bar.set_message(format!("loss {:.4}  {:.1} clips/s", r.loss, r.clips_per_s));
     })?;
-    bar.finish();
-    println!(
-        "step {} of {}: checkpoint {} ({:.0} s this run)",
-        outcome.step,
-        args.steps,
-        outcome.checkpoint.display(),
-        outcome.seconds
-    );
+    finish_run(&bar, &outcome, args.steps);
     Ok(())
 }
 

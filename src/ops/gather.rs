@@ -19,6 +19,35 @@ struct Scatter {
     kw: usize,
 }
 
+/// Calls `f(at, slot, from)` for every position `at` of `(N, H, W)`
+/// (flattened) and every neighbour `from` inside the grid, `slot` being the
+/// neighbour's place `ky * kw + kx` in the `kh x kw` window centred on `at`.
+fn for_each_neighbour(
+    [n, h, w]: [usize; 3],
+    kh: usize,
+    kw: usize,
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    for b in 0..n {
+        for y in 0..h {
+            for x in 0..w {
+                let at = (b * h + y) * w + x;
+                for ky in 0..kh {
+                    let Some(sy) = (y + ky).checked_sub(kh / 2).filter(|&v| v < h) else {
+                        continue;
+                    };
+                    for kx in 0..kw {
+                        let Some(sx) = (x + kx).checked_sub(kw / 2).filter(|&v| v < w) else {
+                            continue;
+                        };
+                        f(at, ky * kw + kx, (b * h + sy) * w + sx);
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn dims4(shape: &Shape) -> candle_core::Result<(usize, usize, usize, usize)> {
     shape.dims4()
 }
@@ -44,28 +73,10 @@ impl CustomOp1 for Gather {
         let (kh, kw) = (self.kh, self.kw);
         let k = kh * kw;
         let mut out = vec![0f32; n * h * w * k * d];
-        for b in 0..n {
-            for y in 0..h {
-                for xx in 0..w {
-                    let dst = ((b * h + y) * w + xx) * k * d;
-                    for ky in 0..kh {
-                        let sy = (y + ky) as isize - (kh / 2) as isize;
-                        if sy < 0 || sy >= h as isize {
-                            continue;
-                        }
-                        for kx in 0..kw {
-                            let sx = (xx + kx) as isize - (kw / 2) as isize;
-                            if sx < 0 || sx >= w as isize {
-                                continue;
-                            }
-                            let src = ((b * h + sy as usize) * w + sx as usize) * d;
-                            let o = dst + (ky * kw + kx) * d;
-                            out[o..o + d].copy_from_slice(&x[src..src + d]);
-                        }
-                    }
-                }
-            }
-        }
+        for_each_neighbour([n, h, w], self.kh, self.kw, |at, slot, from| {
+            let o = (at * k + slot) * d;
+            out[o..o + d].copy_from_slice(&x[from * d..from * d + d]);
+        });
         Ok((CpuStorage::F32(out), Shape::from((n, h, w, k * d))))
     }
 
@@ -95,30 +106,12 @@ impl CustomOp1 for Scatter {
         let k = kh * kw;
         let d = kd / k;
         let mut out = vec![0f32; n * h * w * d];
-        for b in 0..n {
-            for y in 0..h {
-                for xx in 0..w {
-                    let src = ((b * h + y) * w + xx) * k * d;
-                    for ky in 0..kh {
-                        let sy = (y + ky) as isize - (kh / 2) as isize;
-                        if sy < 0 || sy >= h as isize {
-                            continue;
-                        }
-                        for kx in 0..kw {
-                            let sx = (xx + kx) as isize - (kw / 2) as isize;
-                            if sx < 0 || sx >= w as isize {
-                                continue;
-                            }
-                            let dst = ((b * h + sy as usize) * w + sx as usize) * d;
-                            let o = src + (ky * kw + kx) * d;
-                            for (acc, v) in out[dst..dst + d].iter_mut().zip(&g[o..o + d]) {
-                                *acc += v;
-                            }
-                        }
-                    }
-                }
+        for_each_neighbour([n, h, w], self.kh, self.kw, |at, slot, from| {
+            let o = (at * k + slot) * d;
+            for (acc, v) in out[from * d..from * d + d].iter_mut().zip(&g[o..o + d]) {
+                *acc += v;
             }
-        }
+        });
         Ok((CpuStorage::F32(out), Shape::from((n, h, w, d))))
     }
 }
