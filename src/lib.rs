@@ -24,6 +24,7 @@ pub mod data;
 pub mod diffusion;
 pub mod dit;
 pub mod error;
+pub mod eval;
 pub mod inspect;
 pub mod nn;
 pub mod ops;

@@ -2,6 +2,7 @@
 
 mod cli;
 mod clips;
+mod detector;
 mod diffusion;
 mod dit;
 mod generate;
