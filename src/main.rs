@@ -74,6 +74,40 @@ enum Command {
         minisora generate --prompts samples/prompts.txt -o out/   (one clip per line: out/000.mp4, ...)"
     )]
     Generate(GenerateArgs),
+    /// Score a model's prompt adherence on Shapes World (colour, shape, size, motion per object)
+    #[command(
+        after_help = "Prompts are drawn from the grammar with seeds training never uses (or read \
+        from --prompts), a clip is generated for each, and a detector written for the data contract \
+        checks every object. Example:\n  minisora eval --count 200"
+    )]
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Text-to-video checkpoint [default: the shipped samples/model]
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Held-out prompts to draw
+    #[arg(long, default_value_t = 200)]
+    count: usize,
+    /// Score these prompts (one per line) instead
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// Denoising steps
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Sampler: euler, heun, dpm++2m
+    #[arg(long, default_value = "dpm++2m")]
+    sampler: String,
+    /// Classifier-free guidance scale
+    #[arg(long, default_value_t = 3.0)]
+    cfg: f64,
+    #[command(flatten)]
+    clip: ClipArgs,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -537,14 +571,7 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
 
 fn generate(args: GenerateArgs) -> Result<()> {
     use minisora::pipeline::{self, SampleOptions};
-    let dir = args.checkpoint.clone().unwrap_or_else(|| shipped("model"));
-    if args.checkpoint.is_none() && !dir.exists() {
-        bail!(
-            "no shipped model at {} yet: train one (minisora train vae, then minisora train dit) and pass --checkpoint",
-            dir.display()
-        );
-    }
-    let (meta, model, vae) = minisora::train::dit::load(&dir, &Device::Cpu)?;
+    let (meta, model, vae) = load_model(&args.checkpoint)?;
     let canvas = args.clip.canvas()?;
     let options = SampleOptions {
         seed: args.seed,
@@ -607,6 +634,77 @@ fn generate(args: GenerateArgs) -> Result<()> {
         ));
     }
     bar.finish_and_clear();
+    Ok(())
+}
+
+/// Loads a text-to-video checkpoint, or the shipped one when none is named.
+fn load_model(
+    checkpoint: &Option<PathBuf>,
+) -> Result<(
+    minisora::train::dit::DitMeta,
+    minisora::train::dit::TextToVideo,
+    minisora::train::vae::VaeCheckpoint,
+)> {
+    let dir = checkpoint.clone().unwrap_or_else(|| shipped("model"));
+    if checkpoint.is_none() && !dir.exists() {
+        bail!(
+            "no shipped model at {} yet: train one (minisora train vae, then minisora train dit) and pass --checkpoint",
+            dir.display()
+        );
+    }
+    Ok(minisora::train::dit::load(&dir, &Device::Cpu)?)
+}
+
+fn eval(args: EvalArgs) -> Result<()> {
+    let (meta, model, vae) = load_model(&args.checkpoint)?;
+    let prompts = match &args.prompts {
+        Some(file) => std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| Scene::parse(l).map_err(anyhow::Error::from))
+            .collect::<Result<Vec<_>>>()?,
+        None => minisora::eval::held_out_prompts(args.count),
+    };
+    let options = minisora::pipeline::SampleOptions {
+        seed: 0,
+        steps: args.steps,
+        sampler: args.sampler.clone(),
+        cfg: args.cfg,
+        shift: 1.0,
+        canvas: args.clip.canvas()?,
+    };
+    let bar = progress_bar(prompts.len() as u64, 0)?;
+    let report =
+        minisora::eval::evaluate(&model, &meta, &vae, &prompts, &options, &Device::Cpu, |d| {
+            bar.set_position(d as u64)
+        })?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let pct = |v: f64| format!("{:.1}%", 100.0 * v);
+    println!(
+        "prompts      {} ({} objects), {} steps of {}, guidance {}",
+        report.prompts, report.objects, args.steps, args.sampler, args.cfg
+    );
+    println!("colour       {}", pct(report.colour));
+    println!("shape        {}", pct(report.shape));
+    println!("size         {}", pct(report.size));
+    println!("motion       {}", pct(report.motion));
+    for (label, v) in [
+        ("one object", report.one_object_pass),
+        ("two objects", report.two_object_pass),
+    ] {
+        if let Some(v) = v {
+            println!(
+                "{label:<12} {} of prompts pass (every attribute of every object)",
+                pct(v)
+            );
+        }
+    }
     Ok(())
 }
 
@@ -777,6 +875,7 @@ fn run() -> Result<()> {
         Command::Train(TrainCommand::Vae(args)) => train_vae(args),
         Command::Train(TrainCommand::Dit(args)) => train_dit(args),
         Command::Generate(args) => generate(args),
+        Command::Eval(args) => eval(args),
         Command::Vae(VaeCommand::Roundtrip(args)) => vae_roundtrip(args),
         Command::Vae(VaeCommand::Eval(args)) => vae_eval(args),
     }
