@@ -94,20 +94,43 @@ struct EvalArgs {
     /// Score these prompts (one per line) instead
     #[arg(long)]
     prompts: Option<PathBuf>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    clip: ClipArgs,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+/// How to sample, shared by generate and eval.
+#[derive(Args)]
+struct SamplingArgs {
     /// Denoising steps
     #[arg(long, default_value_t = 20)]
     steps: usize,
     /// Sampler: euler, heun, dpm++2m
     #[arg(long, default_value = "dpm++2m")]
     sampler: String,
-    /// Classifier-free guidance scale
+    /// Classifier-free guidance scale (1 = none)
     #[arg(long, default_value_t = 3.0)]
     cfg: f64,
-    #[command(flatten)]
-    clip: ClipArgs,
-    /// Print JSON
-    #[arg(long)]
-    json: bool,
+    /// Timestep shift (1 = uniform steps; >1 spends more steps at high noise)
+    #[arg(long, default_value_t = 1.0)]
+    shift: f64,
+}
+
+impl SamplingArgs {
+    fn options(&self, seed: u64, canvas: Canvas) -> minisora::pipeline::SampleOptions {
+        minisora::pipeline::SampleOptions {
+            seed,
+            steps: self.steps,
+            sampler: self.sampler.clone(),
+            cfg: self.cfg,
+            shift: self.shift,
+            canvas,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -124,18 +147,8 @@ struct GenerateArgs {
     /// Seed of the starting noise
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Denoising steps
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
-    /// Sampler: euler, heun, dpm++2m
-    #[arg(long, default_value = "dpm++2m")]
-    sampler: String,
-    /// Classifier-free guidance scale (1 = none)
-    #[arg(long, default_value_t = 3.0)]
-    cfg: f64,
-    /// Timestep shift (1 = uniform steps; >1 spends more steps at high noise)
-    #[arg(long, default_value_t = 1.0)]
-    shift: f64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     #[command(flatten)]
     clip: ClipArgs,
     /// Nearest-neighbour upscale [default: enough for 256 pixels on the short side]
@@ -570,17 +583,10 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
-    use minisora::pipeline::{self, SampleOptions};
+    use minisora::pipeline;
     let (meta, model, vae) = load_model(&args.checkpoint)?;
     let canvas = args.clip.canvas()?;
-    let options = SampleOptions {
-        seed: args.seed,
-        steps: args.steps,
-        sampler: args.sampler.clone(),
-        cfg: args.cfg,
-        shift: args.shift,
-        canvas,
-    };
+    let options = args.sampling.options(args.seed, canvas);
     let write = WriteOptions {
         fps: args.clip.fps,
         scale: auto_scale(args.scale, canvas.height, canvas.width),
@@ -667,14 +673,7 @@ fn eval(args: EvalArgs) -> Result<()> {
             .collect::<Result<Vec<_>>>()?,
         None => minisora::eval::held_out_prompts(args.count),
     };
-    let options = minisora::pipeline::SampleOptions {
-        seed: 0,
-        steps: args.steps,
-        sampler: args.sampler.clone(),
-        cfg: args.cfg,
-        shift: 1.0,
-        canvas: args.clip.canvas()?,
-    };
+    let options = args.sampling.options(0, args.clip.canvas()?);
     let bar = progress_bar(prompts.len() as u64, 0)?;
     let report =
         minisora::eval::evaluate(&model, &meta, &vae, &prompts, &options, &Device::Cpu, |d| {
@@ -688,7 +687,11 @@ fn eval(args: EvalArgs) -> Result<()> {
     let pct = |v: f64| format!("{:.1}%", 100.0 * v);
     println!(
         "prompts      {} ({} objects), {} steps of {}, guidance {}",
-        report.prompts, report.objects, args.steps, args.sampler, args.cfg
+        report.prompts,
+        report.objects,
+        args.sampling.steps,
+        args.sampling.sampler,
+        args.sampling.cfg
     );
     println!("colour       {}", pct(report.colour));
     println!("shape        {}", pct(report.shape));
