@@ -182,6 +182,52 @@ enum TrainCommand {
         Example:\n  minisora train dit --vae samples/vae --steps 4000 --out runs/dit"
     )]
     Dit(TrainDitArgs),
+    /// Train the whole default text-to-video model: the autoencoder, then the text encoder and DiT
+    #[command(
+        after_help = "OUT/vae/ and OUT/dit/ are the two stages' run folders (checkpoint/ and log.csv each); \
+        the finished model is OUT/dit/checkpoint/, ready for `minisora generate --checkpoint`. \
+        Interrupted? Run the same command with --resume: the unfinished stage continues exactly \
+        where its checkpoint stopped, a finished one is skipped.\n\n\
+        The defaults train the shipped model (samples/model):\n  minisora train model --out runs/model"
+    )]
+    Model(TrainModelArgs),
+}
+
+#[derive(Args)]
+struct TrainModelArgs {
+    /// Model preset (autoencoder and DiT): default or tiny
+    #[arg(long, default_value = "default")]
+    preset: String,
+    /// Autoencoder optimizer steps
+    #[arg(long, default_value_t = 4800)]
+    vae_steps: u64,
+    /// Autoencoder clips per step
+    #[arg(long, default_value_t = 8)]
+    vae_batch: usize,
+    /// Autoencoder peak learning rate
+    #[arg(long, default_value_t = 2e-3)]
+    vae_lr: f64,
+    /// DiT optimizer steps
+    #[arg(long, default_value_t = 4000)]
+    dit_steps: u64,
+    /// DiT clips per step
+    #[arg(long, default_value_t = 16)]
+    dit_batch: usize,
+    /// DiT peak learning rate
+    #[arg(long, default_value_t = 5e-4)]
+    dit_lr: f64,
+    /// Seed of both stages' data order, initial weights and noise
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Parts each batch is cut into, trained side by side on one thread per core
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
+    /// Run folder
+    #[arg(long, default_value = "runs/model")]
+    out: PathBuf,
+    /// Continue the run in --out
+    #[arg(long)]
+    resume: bool,
 }
 
 #[derive(Args)]
@@ -218,6 +264,10 @@ struct TrainDitArgs {
     seed: u64,
     #[command(flatten)]
     clip: ClipArgs,
+    /// Parts each batch is cut into, trained side by side on one thread per
+    /// core (changes results only by rounding)
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
     /// Steps between checkpoints
     #[arg(long, default_value_t = 250)]
     checkpoint_every: u64,
@@ -245,11 +295,13 @@ struct TrainVaeArgs {
     /// Autoencoder preset: default or tiny
     #[arg(long, default_value = "default")]
     preset: String,
+    #[command(flatten)]
+    shape: VaeShapeArgs,
     /// Training clips: "shapes" (rendered on the fly) or a clip folder
     #[arg(long, default_value = "shapes")]
     data: String,
-    /// Optimizer steps in all (the shipped autoencoder: 2800, about 27 minutes on 2 cores)
-    #[arg(long, default_value_t = 2800)]
+    /// Optimizer steps in all (the shipped autoencoder's)
+    #[arg(long, default_value_t = 4800)]
     steps: u64,
     /// Clips per step
     #[arg(long, default_value_t = 8)]
@@ -260,11 +312,21 @@ struct TrainVaeArgs {
     /// Warm-up steps
     #[arg(long, default_value_t = 100)]
     warmup: u64,
+    /// Final learning rate as a fraction of the peak
+    #[arg(long, default_value_t = VAE_LR_FLOOR)]
+    lr_floor: f64,
+    /// Decay of the weights' moving average that the checkpoint holds (0: none)
+    #[arg(long, default_value_t = VAE_EMA)]
+    ema: f64,
     /// Seed of the data order, initial weights and noise
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[command(flatten)]
     clip: ClipArgs,
+    /// Parts each batch is cut into, trained side by side on one thread per
+    /// core (changes results only by rounding)
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
     /// Steps between checkpoints
     #[arg(long, default_value_t = 200)]
     checkpoint_every: u64,
@@ -277,6 +339,51 @@ struct TrainVaeArgs {
     /// Stop after this step (with a checkpoint), to continue later with --resume
     #[arg(long)]
     stop_at: Option<u64>,
+}
+
+/// Changes to the preset's autoencoder, for experiments.
+#[derive(Args)]
+struct VaeShapeArgs {
+    /// Weight of the KL term against the mean squared error [default: the preset's]
+    #[arg(long)]
+    kl_weight: Option<f64>,
+    /// Hidden width at latent resolution [default: the preset's]
+    #[arg(long)]
+    hidden_width: Option<usize>,
+    /// Residual blocks in the encoder and in the decoder [default: the preset's]
+    #[arg(long)]
+    blocks: Option<usize>,
+    /// Latent channels [default: the preset's]
+    #[arg(long)]
+    latent_channels: Option<usize>,
+    /// Channels per pixel into the full-resolution refinement, 0 for none [default: the preset's]
+    #[arg(long)]
+    pixel_channels: Option<usize>,
+    /// Hidden width of the refinement [default: the preset's]
+    #[arg(long)]
+    pixel_width: Option<usize>,
+}
+
+impl VaeShapeArgs {
+    fn apply(&self, config: &mut minisora::vae::VaeConfig) -> Result<()> {
+        if let Some(w) = self.kl_weight {
+            if !(w >= 0.0 && w.is_finite()) {
+                bail!("--kl-weight must be a finite number >= 0, got {w}");
+            }
+            config.kl_weight = w;
+        }
+        let set = |field: &mut usize, v: Option<usize>| {
+            if let Some(v) = v {
+                *field = v;
+            }
+        };
+        set(&mut config.width, self.hidden_width);
+        set(&mut config.blocks, self.blocks);
+        set(&mut config.latent_channels, self.latent_channels);
+        set(&mut config.pixel_channels, self.pixel_channels);
+        set(&mut config.pixel_width, self.pixel_width);
+        Ok(config.validate()?)
+    }
 }
 
 #[derive(Args)]
@@ -498,21 +605,29 @@ fn finish_run(bar: &ProgressBar, outcome: &minisora::train::TrainOutcome, steps:
     );
 }
 
+/// The shipped autoencoder's schedule floor and weight average (`train vae`
+/// and `train model` defaults).
+const VAE_LR_FLOOR: f64 = 0.05;
+const VAE_EMA: f64 = 0.999;
+
 fn train_vae(args: TrainVaeArgs) -> Result<()> {
     use minisora::train::{vae, RunConfig};
-    let config = minisora::vae::VaeConfig::preset(&args.preset)?;
+    let mut config = minisora::vae::VaeConfig::preset(&args.preset)?;
+    args.shape.apply(&mut config)?;
     let run = RunConfig {
         steps: args.steps,
         batch: args.batch,
         lr: args.lr,
         warmup: args.warmup,
-        lr_floor: 0.1,
+        lr_floor: args.lr_floor,
         seed: args.seed,
         data: args.data.clone(),
         frames: args.clip.frames,
         height: args.clip.height,
         width: args.clip.width,
         checkpoint_every: args.checkpoint_every.max(1),
+        shards: args.shards,
+        ema_decay: args.ema,
     };
     let command: Vec<String> = std::env::args().collect();
     let bar = progress_bar(args.steps, 0)?;
@@ -540,13 +655,7 @@ fn train_vae(args: TrainVaeArgs) -> Result<()> {
 fn train_dit(args: TrainDitArgs) -> Result<()> {
     use minisora::train::{dit, RunConfig, Session};
     let preset = minisora::preset::preset(&args.preset)?;
-    let text = minisora::text::TextConfig {
-        vocab_size: 0, // set from the training captions
-        max_len: preset.dit.context_len,
-        width: preset.dit.context_dim,
-        depth: 2,
-        heads: 4,
-    };
+    let text = minisora::text::TextConfig::for_dit(&preset.dit);
     let run = RunConfig {
         steps: args.steps,
         batch: args.batch,
@@ -559,6 +668,8 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
         height: args.clip.height,
         width: args.clip.width,
         checkpoint_every: args.checkpoint_every.max(1),
+        shards: args.shards,
+        ema_decay: args.ema,
     };
     let job = dit::DitJob {
         dit: preset.dit.clone(),
@@ -566,7 +677,6 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
         run,
         vae_dir: &args.vae,
         cfg_dropout: args.cfg_dropout,
-        ema_decay: args.ema,
     };
     let session = Session {
         resume: args.resume,
@@ -579,6 +689,97 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
         bar.set_message(format!("loss {:.4}  {:.1} clips/s", r.loss, r.clips_per_s));
     })?;
     finish_run(&bar, &outcome, args.steps);
+    Ok(())
+}
+
+fn train_model(args: TrainModelArgs) -> Result<()> {
+    use minisora::train::model::{self, ModelPlan, Stage};
+    use minisora::train::{RunConfig, Session};
+    let preset = minisora::preset::preset(&args.preset)?;
+    let vae = match preset.name {
+        "default" | "tiny" => minisora::vae::VaeConfig::preset(preset.name)?,
+        other => bail!("train model trains the default or tiny preset; {other} is for benchmarks (train its stages with train vae and train dit)"),
+    };
+    let canvas = preset.canvas;
+    let run = |steps, batch, lr, warmup, checkpoint_every, lr_floor, ema_decay| RunConfig {
+        steps,
+        batch,
+        lr,
+        warmup,
+        lr_floor,
+        seed: args.seed,
+        data: "shapes".into(),
+        frames: canvas.frames,
+        height: canvas.height,
+        width: canvas.width,
+        checkpoint_every,
+        shards: args.shards,
+        ema_decay,
+    };
+    let plan = ModelPlan {
+        vae,
+        vae_run: run(
+            args.vae_steps,
+            args.vae_batch,
+            args.vae_lr,
+            100,
+            200,
+            VAE_LR_FLOOR,
+            VAE_EMA,
+        ),
+        text: minisora::text::TextConfig::for_dit(&preset.dit),
+        dit: preset.dit.clone(),
+        dit_run: run(
+            args.dit_steps,
+            args.dit_batch,
+            args.dit_lr,
+            200,
+            250,
+            0.1,
+            0.999,
+        ),
+        cfg_dropout: 0.1,
+    };
+    let session = Session {
+        resume: args.resume,
+        stop_at: None,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let bar = std::cell::RefCell::new(progress_bar(1, 0)?);
+    let totals = (args.vae_steps, args.dit_steps);
+    let outcome = model::train(
+        &args.out,
+        &plan,
+        &session,
+        &Device::Cpu,
+        |stage, from| {
+            let total = if stage == Stage::Vae {
+                totals.0
+            } else {
+                totals.1
+            };
+            bar.borrow().finish_and_clear();
+            println!("{}: step {from} of {total}", stage.name());
+            *bar.borrow_mut() = progress_bar(total, from).expect("a fixed template");
+        },
+        |stage, r| {
+            let bar = bar.borrow();
+            bar.set_position(r.step);
+            bar.set_message(format!(
+                "{}  loss {:.4}  {:.1} clips/s",
+                stage.name(),
+                r.loss,
+                r.clips_per_s
+            ));
+        },
+    )?;
+    bar.borrow().finish();
+    println!(
+        "model: {} (autoencoder {:.0} s, text encoder + DiT {:.0} s this run)",
+        outcome.checkpoint.display(),
+        outcome.vae_seconds,
+        outcome.dit_seconds
+    );
     Ok(())
 }
 
@@ -871,12 +1072,20 @@ fn data(args: DataArgs) -> Result<()> {
 }
 
 fn run() -> Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Train(_)) && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // Training runs its batch shards on one thread per core
+        // (train::parallel); candle's matrix multiply must then stay on its
+        // shard's thread. Set here, before any other thread exists.
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
+    match cli.command {
         Command::Render(args) => render(args),
         Command::Data(args) => data(args),
         Command::Inspect(args) => inspect(args),
         Command::Train(TrainCommand::Vae(args)) => train_vae(args),
         Command::Train(TrainCommand::Dit(args)) => train_dit(args),
+        Command::Train(TrainCommand::Model(args)) => train_model(args),
         Command::Generate(args) => generate(args),
         Command::Eval(args) => eval(args),
         Command::Vae(VaeCommand::Roundtrip(args)) => vae_roundtrip(args),

@@ -1,10 +1,12 @@
 //! Transformer layers shared by the text encoder and the DiT, built only
 //! from ops that carry gradients (candle-nn's fast `layer_norm`,
-//! `softmax_last_dim` and `rope_i` cut them: see `shared/STACK_NOTES.md`).
+//! `softmax_last_dim` and `rope_i` cut them: see `shared/STACK_NOTES.md`);
+//! LayerNorm, softmax and GELU are minisora's fused ops (`crate::ops`).
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 
+use crate::ops::{gelu, norm_modulate, softmax_last};
 use crate::vae::blocks::apply_last;
 use crate::Result;
 
@@ -31,7 +33,16 @@ impl LayerNorm {
         })
     }
 
+    /// `x`: `(B, N, D)` (the fused path) or any rank.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Ok((b, _, d)) = x.dims3() {
+            // the gain as adaLN's (1 + scale), the bias as its shift
+            let shift = self.bias.reshape((1, 1, d))?.broadcast_as((b, 1, d))?;
+            let scale = (&self.weight - 1.0)?
+                .reshape((1, 1, d))?
+                .broadcast_as((b, 1, d))?;
+            return norm_modulate(x, &shift, &scale, 1e-6);
+        }
         Ok(layer_norm(x, 1e-6)?
             .broadcast_mul(&self.weight)?
             .broadcast_add(&self.bias)?)
@@ -51,7 +62,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> R
         Some(b) => scores.broadcast_add(b)?,
         None => scores,
     };
-    let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    let weights = softmax_last(&scores)?;
     Ok(weights.matmul(&v.contiguous()?)?)
 }
 
@@ -84,7 +95,7 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        apply_last(&self.fc2, &apply_last(&self.fc1, x)?.gelu()?)
+        apply_last(&self.fc2, &gelu(&apply_last(&self.fc1, x)?)?)
     }
 }
 
@@ -137,11 +148,8 @@ pub fn rope_3d(
 }
 
 /// Rotates interleaved pairs of `x` `(B, H, N, Dh)` by tables `(N, Dh / 2)`,
-/// with gradients (candle-nn's fused `rope_i` has none).
+/// with gradients (candle-nn's fused `rope_i` has none; this is minisora's
+/// fused op).
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    Ok(candle_nn::rotary_emb::rope_i_slow(
-        &x.contiguous()?,
-        cos,
-        sin,
-    )?)
+    crate::ops::rope(x, cos, sin)
 }

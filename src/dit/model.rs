@@ -11,16 +11,15 @@ use candle_nn::{Linear, VarBuilder};
 
 use super::DitConfig;
 use crate::nn::{
-    apply_rope, attention, layer_norm, merge_heads, rope_3d, sinusoidal, split_heads, LayerNorm,
-    Mlp,
+    apply_rope, attention, merge_heads, rope_3d, sinusoidal, split_heads, LayerNorm, Mlp,
 };
 use crate::patch::{patchify, positions, unpatchify, Remainder};
 use crate::vae::blocks::{apply_last, linear_zero};
 use crate::{invalid, Result};
 
-/// `x * (1 + scale) + shift`, with `shift`, `scale` `(B, 1 or N, D)`.
-fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    Ok(x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)?)
+/// `layer_norm(x) * (1 + scale) + shift`, with `shift`, `scale` `(B, 1 or N, D)`.
+fn norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    crate::ops::norm_modulate(x, shift, scale, 1e-6)
 }
 
 struct Block {
@@ -75,7 +74,7 @@ impl Block {
         let (shift2, scale2, gate2) = (chunk(3)?, chunk(4)?, chunk(5)?);
 
         // self-attention over the spacetime tokens, positions by 3D RoPE
-        let h = modulate(&layer_norm(x, 1e-6)?, &shift1, &scale1)?;
+        let h = norm_modulate(x, &shift1, &scale1)?;
         let qkv = apply_last(&self.qkv, &h)?;
         let head = |i: usize| split_heads(&qkv.narrow(D::Minus1, i * d, d)?, self.heads);
         let q = apply_rope(&head(0)?, cond.cos, cond.sin)?;
@@ -95,7 +94,7 @@ impl Block {
         let x = (&x + apply_last(&self.cross_proj, &a)?)?;
 
         // MLP
-        let h = modulate(&layer_norm(&x, 1e-6)?, &shift2, &scale2)?;
+        let h = norm_modulate(&x, &shift2, &scale2)?;
         Ok((&x + self.mlp.forward(&h)?.broadcast_mul(&gate2)?)?)
     }
 }
@@ -176,11 +175,7 @@ impl Dit {
         }
         let d = self.config.hidden;
         let m = apply_last(&self.final_ada, &c.silu()?)?;
-        let x = modulate(
-            &layer_norm(&x, 1e-6)?,
-            &m.narrow(D::Minus1, 0, d)?,
-            &m.narrow(D::Minus1, d, d)?,
-        )?;
+        let x = norm_modulate(&x, &m.narrow(D::Minus1, 0, d)?, &m.narrow(D::Minus1, d, d)?)?;
         apply_last(&self.final_linear, &x)
     }
 

@@ -52,7 +52,11 @@ fn dims4(shape: &Shape) -> candle_core::Result<(usize, usize, usize, usize)> {
     shape.dims4()
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+pub(super) fn contiguous_f32<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(data) = s else {
         candle_core::bail!("{op}: only f32 is supported")
     };

@@ -23,6 +23,20 @@ pub struct TextConfig {
     pub heads: usize,
 }
 
+impl TextConfig {
+    /// The text encoder a DiT reads: its context width and length, 2 blocks
+    /// of 4 heads; the vocabulary size is set from the training captions.
+    pub fn for_dit(dit: &crate::dit::DitConfig) -> Self {
+        Self {
+            vocab_size: 0,
+            max_len: dit.context_len,
+            width: dit.context_dim,
+            depth: 2,
+            heads: 4,
+        }
+    }
+}
+
 struct Block {
     norm1: LayerNorm,
     qkv: Linear,

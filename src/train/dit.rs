@@ -17,8 +17,9 @@ use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use super::optim::{learning_rate, AdamW, AdamWConfig};
+use super::parallel::{self, ShardLoss};
 use super::vae::{self as vae_train, VaeCheckpoint};
-use super::{randn, seeded_init, CsvLog, RunConfig, Session, StepReport, TrainOutcome};
+use super::{randn, seeded_init, update_ema, CsvLog, RunConfig, Session, StepReport, TrainOutcome};
 use crate::checkpoint::{self, read_json, read_tensors, write_json, write_tensors};
 use crate::data::shapes_world::{Scene, CONTRACT_VERSION};
 use crate::diffusion::{interpolate, logit_normal};
@@ -41,8 +42,6 @@ pub struct DitMeta {
     /// Probability that a training caption is replaced by the null caption,
     /// so the model also learns the unconditional velocity (for guidance).
     pub cfg_dropout: f64,
-    /// Decay of the exponential moving average of the weights.
-    pub ema_decay: f64,
     pub command: String,
     pub minisora_version: String,
 }
@@ -122,23 +121,6 @@ fn copy_vae(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// EMA of the weights: `ema <- decay ema + (1 - decay) w`.
-fn update_ema(ema: &mut HashMap<String, Tensor>, varmap: &VarMap, decay: f64) -> Result<()> {
-    let vars = varmap
-        .data()
-        .lock()
-        .map_err(|_| Error::Invalid("poisoned".into()))?;
-    for (name, var) in vars.iter() {
-        let w = var.as_tensor().detach();
-        let next = match ema.get(name) {
-            Some(e) => ((e * decay)? + (w * (1.0 - decay))?)?,
-            None => w,
-        };
-        ema.insert(name.clone(), next);
-    }
-    Ok(())
-}
-
 /// Settings of a DiT run beyond the shared [`RunConfig`].
 #[derive(Clone, Debug)]
 pub struct DitJob<'a> {
@@ -148,7 +130,6 @@ pub struct DitJob<'a> {
     /// The autoencoder checkpoint to train on (copied into the checkpoint).
     pub vae_dir: &'a Path,
     pub cfg_dropout: f64,
-    pub ema_decay: f64,
 }
 
 /// Trains (or resumes) text encoder and DiT in `out` (`out/checkpoint/`,
@@ -161,9 +142,7 @@ pub fn train(
     mut on_step: impl FnMut(&StepReport),
 ) -> Result<TrainOutcome> {
     let run = &job.run;
-    if run.batch == 0 || run.steps == 0 {
-        invalid!("steps and batch must be at least 1");
-    }
+    run.validate()?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let ckpt_dir = out.join("checkpoint");
     checkpoint::recover(&ckpt_dir)?;
@@ -244,7 +223,6 @@ pub fn train(
         run: run.clone(),
         step,
         cfg_dropout: job.cfg_dropout,
-        ema_decay: job.ema_decay,
         command: session.command.clone(),
         minisora_version: env!("CARGO_PKG_VERSION").into(),
     };
@@ -261,27 +239,16 @@ pub fn train(
     let (scale, shift) = (vae.meta.scale_factor, vae.meta.latent_mean);
     let end = session.stop_at.unwrap_or(run.steps).min(run.steps);
     let started = Instant::now();
+    let all_vars = model.varmap.all_vars();
+    let threads = parallel::worker_threads(run.shards);
     for step in start..end {
         let t0 = Instant::now();
+        // every random draw of the step is made here for the whole batch, in
+        // one order, so that shards only change rounding
         let mut rng = Rng::derive(run.seed ^ 0xd17_u64, step);
-        let (frames, captions) = data.batch(step, run.batch, device)?;
-        // latents with unit variance: (mean - shift) * scale, no gradient into the VAE
-        let z0 = vae
-            .vae
-            .encode(&frames)?
-            .mean
-            .detach()
-            .affine(scale, -shift * scale)?;
-        let mut ids = Vec::with_capacity(run.batch * tokenizer.max_len);
-        for caption in &captions {
-            let dropped = rng.uniform() < job.cfg_dropout;
-            ids.extend(if dropped {
-                tokenizer.null()
-            } else {
-                tokenizer.encode(caption)?
-            });
-        }
-        let ids = Tensor::from_vec(ids, (run.batch, tokenizer.max_len), device)?;
+        let dropped: Vec<bool> = (0..run.batch)
+            .map(|_| rng.uniform() < job.cfg_dropout)
+            .collect();
         let t = Tensor::from_vec(
             logit_normal(&mut rng, run.batch, 0.0, 1.0),
             run.batch,
@@ -292,17 +259,42 @@ pub fn train(
             &[run.batch, job.dit.latent_channels, lt, lh, lw],
             device,
         )?;
-        let (x_t, target) = interpolate(&z0, &eps, &t)?;
-        let loss = (model.velocity(&x_t, &t, &ids)? - target)?
-            .sqr()?
-            .mean_all()?;
-        let loss_v = loss.to_scalar::<f32>()? as f64;
+        let out = parallel::sharded_grads(run.shards, threads, &all_vars, |shard| {
+            let (first, len) = parallel::shard_rows(run.batch, run.shards, shard);
+            let (frames, captions) = data.rows(step, run.batch, first, len, device)?;
+            // latents with unit variance: (mean - shift) * scale, no gradient into the VAE
+            let z0 = vae
+                .vae
+                .encode(&frames)?
+                .mean
+                .detach()
+                .affine(scale, -shift * scale)?;
+            let mut ids = Vec::with_capacity(len * tokenizer.max_len);
+            for (caption, &drop) in captions.iter().zip(&dropped[first..first + len]) {
+                ids.extend(if drop {
+                    tokenizer.null()
+                } else {
+                    tokenizer.encode(caption)?
+                });
+            }
+            let ids = Tensor::from_vec(ids, (len, tokenizer.max_len), device)?;
+            let t = t.narrow(0, first, len)?;
+            let (x_t, target) = interpolate(&z0, &eps.narrow(0, first, len)?, &t)?;
+            let loss = (model.velocity(&x_t, &t, &ids)? - target)?
+                .sqr()?
+                .mean_all()?;
+            Ok(ShardLoss {
+                loss,
+                figures: vec![],
+            })
+        })?;
+        let loss_v = out.loss;
         if !loss_v.is_finite() {
             invalid!("the loss became {loss_v} at step {}: stopping; the last checkpoint ({}) is kept. Try a lower --lr.", step + 1, ckpt_dir.display());
         }
         let lr = learning_rate(step, run.steps, run.warmup, run.lr, run.lr_floor);
-        opt.step(&loss.backward()?, lr)?;
-        update_ema(&mut ema, &model.varmap, job.ema_decay)?;
+        opt.step(&out.grads, lr)?;
+        update_ema(&mut ema, &model.varmap, run.ema_decay)?;
         let cps = run.batch as f64 / t0.elapsed().as_secs_f64();
         log.append(&format!("{},{lr:.6e},{loss_v:.6},{cps:.2}", step + 1))?;
         on_step(&StepReport {

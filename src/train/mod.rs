@@ -7,7 +7,9 @@
 //! stopped.
 
 pub mod dit;
+pub mod model;
 pub mod optim;
+pub mod parallel;
 pub mod vae;
 
 use std::fs::{self, OpenOptions};
@@ -97,9 +99,22 @@ impl DataSource {
 
     /// The clips of one step, `(B, 3, T, H, W)` in `[-1, 1]`, with captions.
     pub fn batch(&self, step: u64, batch: usize, device: &Device) -> Result<(Tensor, Vec<String>)> {
-        let mut clips = Vec::with_capacity(batch);
-        let mut captions = Vec::with_capacity(batch);
-        for i in 0..batch {
+        self.rows(step, batch, 0, batch, device)
+    }
+
+    /// Clips `start..start + len` of step `step`'s batch of `batch` (one
+    /// shard of it), `(len, 3, T, H, W)`, with captions.
+    pub fn rows(
+        &self,
+        step: u64,
+        batch: usize,
+        start: usize,
+        len: usize,
+        device: &Device,
+    ) -> Result<(Tensor, Vec<String>)> {
+        let mut clips = Vec::with_capacity(len);
+        let mut captions = Vec::with_capacity(len);
+        for i in start..start + len {
             let id = step * batch as u64 + i as u64;
             let (frames, caption) = self.clip(id)?;
             clips.push(frames_to_tensor(&frames.view(), device)?);
@@ -202,11 +217,42 @@ pub struct RunConfig {
     pub width: usize,
     /// Steps between checkpoints.
     pub checkpoint_every: u64,
+    /// Equal parts each batch is cut into, their passes run side by side
+    /// (one thread per core; see [`parallel`]). It changes results only by
+    /// rounding; runs from before it existed used one.
+    #[serde(default = "one_shard")]
+    pub shards: usize,
+    /// Decay of the exponential moving average of the weights that the
+    /// checkpoint's `model.safetensors` holds (0: the weights themselves).
+    #[serde(default)]
+    pub ema_decay: f64,
+}
+
+fn one_shard() -> usize {
+    1
 }
 
 impl RunConfig {
     pub fn canvas(&self) -> Result<Canvas> {
         Canvas::new(self.frames, self.height, self.width)
+    }
+
+    /// Checks the batch against the shards.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch == 0 || self.steps == 0 {
+            invalid!("steps and batch must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            invalid!("the EMA decay must be in [0, 1), got {}", self.ema_decay);
+        }
+        if self.shards == 0 || self.batch % self.shards != 0 {
+            invalid!(
+                "the batch ({}) must be a positive multiple of the shards ({})",
+                self.batch,
+                self.shards
+            );
+        }
+        Ok(())
     }
 }
 
@@ -239,6 +285,29 @@ pub struct StepReport {
     /// Named extra figures (`mse`, `kl`, ...).
     pub extra: Vec<(&'static str, f64)>,
     pub clips_per_s: f64,
+}
+
+/// EMA of the weights: `ema <- decay ema + (1 - decay) w`; a missing entry
+/// starts as a copy of `w`.
+pub(crate) fn update_ema(
+    ema: &mut std::collections::HashMap<String, Tensor>,
+    varmap: &candle_nn::VarMap,
+    decay: f64,
+) -> Result<()> {
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::Invalid("variable map poisoned".into()))?;
+    for (name, var) in vars.iter() {
+        let w = var.as_tensor();
+        // a copy: the optimizer writes new values into the variable's own storage
+        let next = match ema.get(name) {
+            Some(e) if decay > 0.0 => ((e * decay)? + (w.detach() * (1.0 - decay))?)?,
+            _ => w.copy()?.detach(),
+        };
+        ema.insert(name.clone(), next);
+    }
+    Ok(())
 }
 
 /// Re-draws every randomly initialised variable from `seed`: weights

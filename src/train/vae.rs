@@ -1,15 +1,18 @@
 //! Training the compression network, and its checkpoints.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use super::optim::{learning_rate, AdamW, AdamWConfig};
+use super::parallel::{self, ShardLoss};
 use super::{
-    randn, seeded_init, CsvLog, DataSource, RunConfig, Session, StepReport, TrainOutcome, HELD_OUT,
+    randn, seeded_init, update_ema, CsvLog, DataSource, RunConfig, Session, StepReport,
+    TrainOutcome, HELD_OUT,
 };
 use crate::checkpoint::{self, read_tensors, write_json, write_tensors};
 use crate::data::shapes_world::CONTRACT_VERSION;
@@ -73,13 +76,23 @@ pub fn load(dir: &Path, device: &Device) -> Result<VaeCheckpoint> {
     Ok(VaeCheckpoint { meta, vae, varmap })
 }
 
-/// Writes a checkpoint atomically; with `optimizer`, its state too (for resume).
-pub fn save(dir: &Path, meta: &VaeMeta, varmap: &VarMap, optimizer: Option<&AdamW>) -> Result<()> {
-    let weights = checkpoint::named_tensors(varmap)?;
+/// Writes a checkpoint atomically: `weights` (what the model is used with:
+/// the moving average of the weights) as `model.safetensors`; with
+/// `training`, the raw weights and the optimizer state too, for resuming.
+pub fn save(
+    dir: &Path,
+    meta: &VaeMeta,
+    weights: &HashMap<String, Tensor>,
+    training: Option<(&VarMap, &AdamW)>,
+) -> Result<()> {
+    let raw = training
+        .map(|(varmap, _)| checkpoint::named_tensors(varmap))
+        .transpose()?;
     checkpoint::write_dir(dir, |tmp| {
         write_json(&tmp.join("config.json"), meta)?;
-        write_tensors(&tmp.join("model.safetensors"), &weights)?;
-        if let Some(opt) = optimizer {
+        write_tensors(&tmp.join("model.safetensors"), weights)?;
+        if let (Some(raw), Some((_, opt))) = (&raw, training) {
+            write_tensors(&tmp.join("train.safetensors"), raw)?;
             write_tensors(&tmp.join("optimizer.safetensors"), &opt.state())?;
         }
         Ok(())
@@ -133,14 +146,12 @@ pub fn train(
     config.validate()?;
     let canvas = run.canvas()?;
     config.latent_size([canvas.frames, canvas.height, canvas.width])?;
-    if run.batch == 0 || run.steps == 0 {
-        invalid!("steps and batch must be at least 1");
-    }
+    run.validate()?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let ckpt_dir = out.join("checkpoint");
     checkpoint::recover(&ckpt_dir)?;
     let data = super::data_source(&run.data, canvas, run.seed)?;
-    let (vae, varmap, mut opt, start) = if resume {
+    let (vae, varmap, mut opt, start, mut ema) = if resume {
         let ckpt =
             load(&ckpt_dir, device).map_err(|e| Error::Invalid(format!("cannot resume: {e}")))?;
         if ckpt.meta.vae != *config {
@@ -160,6 +171,13 @@ pub fn train(
                 serde_json::to_string(&ckpt.meta.run).unwrap_or_default()
             );
         }
+        let ema = read_tensors(&ckpt_dir.join("model.safetensors"), device)?;
+        // the raw weights (checkpoints from before the moving average kept
+        // only model.safetensors, which then are the raw weights)
+        let raw = ckpt_dir.join("train.safetensors");
+        if raw.exists() {
+            checkpoint::load_into(&ckpt.varmap, &read_tensors(&raw, device)?, &raw)?;
+        }
         let mut opt = AdamW::new(
             ckpt.varmap
                 .data()
@@ -172,7 +190,7 @@ pub fn train(
             &read_tensors(&ckpt_dir.join("optimizer.safetensors"), device)?,
             ckpt.meta.step,
         )?;
-        (ckpt.vae, ckpt.varmap, opt, ckpt.meta.step)
+        (ckpt.vae, ckpt.varmap, opt, ckpt.meta.step, ema)
     } else {
         if ckpt_dir.exists() {
             invalid!("{} already holds a checkpoint: pass --resume to continue it, or choose another --out", ckpt_dir.display());
@@ -184,7 +202,15 @@ pub fn train(
             .lock()
             .map_err(|_| Error::Invalid("poisoned".into()))?
             .clone();
-        (vae, varmap, AdamW::new(vars, AdamWConfig::default())?, 0)
+        let mut ema = HashMap::new();
+        update_ema(&mut ema, &varmap, 0.0)?;
+        (
+            vae,
+            varmap,
+            AdamW::new(vars, AdamWConfig::default())?,
+            0,
+            ema,
+        )
     };
     let mut log = CsvLog::open(
         &out.join("log.csv"),
@@ -204,24 +230,39 @@ pub fn train(
         command: command.to_string(),
         minisora_version: env!("CARGO_PKG_VERSION").into(),
     };
-    let checkpoint_now = |step: u64, opt: &AdamW| -> Result<()> {
-        let stats = latent_stats(&vae, &data, 32, device)?;
-        save(&ckpt_dir, &meta(step, stats), &varmap, Some(opt))
+    let checkpoint_now = |step: u64, opt: &AdamW, ema: &HashMap<String, Tensor>| -> Result<()> {
+        // the latent statistics of the model as it will be used: the average
+        let (averaged, averaged_vars) = build(config, device)?;
+        checkpoint::load_into(&averaged_vars, ema, &ckpt_dir)?;
+        let stats = latent_stats(&averaged, &data, 32, device)?;
+        save(&ckpt_dir, &meta(step, stats), ema, Some((&varmap, opt)))
+    };
+    let vars: Vec<Var> = varmap.all_vars();
+    let threads = parallel::worker_threads(run.shards);
+    let latent_shape = {
+        let [lt, lh, lw] = config.latent_size([canvas.frames, canvas.height, canvas.width])?;
+        [run.batch, config.latent_channels, lt, lh, lw]
     };
     for step in start..end {
         let t0 = Instant::now();
-        let (x, _) = data.batch(step, run.batch, device)?;
-        let latent_shape = {
-            let [lt, lh, lw] = config.latent_size([canvas.frames, canvas.height, canvas.width])?;
-            [run.batch, config.latent_channels, lt, lh, lw]
-        };
         let eps = randn(
             &mut Rng::derive(run.seed ^ 0x0005_eed0_fe95, step),
             &latent_shape,
             device,
         )?;
-        let (loss, mse, kl) = vae.loss(&x, &eps)?;
-        let loss_v = loss.to_scalar::<f32>()? as f64;
+        let out = parallel::sharded_grads(run.shards, threads, &vars, |shard| {
+            let (first, len) = parallel::shard_rows(run.batch, run.shards, shard);
+            let (x, _) = data.rows(step, run.batch, first, len, device)?;
+            let (loss, mse, kl) = vae.loss(&x, &eps.narrow(0, first, len)?)?;
+            Ok(ShardLoss {
+                loss,
+                figures: vec![
+                    mse.to_scalar::<f32>()? as f64,
+                    kl.to_scalar::<f32>()? as f64,
+                ],
+            })
+        })?;
+        let (loss_v, mse_v, kl_v) = (out.loss, out.figures[0], out.figures[1]);
         if !loss_v.is_finite() {
             invalid!(
                 "the loss became {loss_v} at step {}: stopping; the last checkpoint ({}) is kept. Try a lower --lr.",
@@ -230,9 +271,8 @@ pub fn train(
             );
         }
         let lr = learning_rate(step, run.steps, run.warmup, run.lr, run.lr_floor);
-        opt.step(&loss.backward()?, lr)?;
-        let mse_v = mse.to_scalar::<f32>()? as f64;
-        let kl_v = kl.to_scalar::<f32>()? as f64;
+        opt.step(&out.grads, lr)?;
+        update_ema(&mut ema, &varmap, run.ema_decay)?;
         // frames live in [-1, 1]: an error of 2 is the full 8-bit range
         let psnr = 10.0 * (4.0 / mse_v.max(1e-12)).log10();
         let cps = run.batch as f64 / t0.elapsed().as_secs_f64();
@@ -249,11 +289,11 @@ pub fn train(
             clips_per_s: cps,
         });
         if (step + 1) % run.checkpoint_every == 0 && step + 1 < end {
-            checkpoint_now(step + 1, &opt)?;
+            checkpoint_now(step + 1, &opt, &ema)?;
         }
     }
     if end > start || !resume {
-        checkpoint_now(end, &opt)?;
+        checkpoint_now(end, &opt, &ema)?;
     }
     Ok(TrainOutcome {
         step: end,

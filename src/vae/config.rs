@@ -21,6 +21,15 @@ pub struct VaeConfig {
     /// squared reconstruction error: small, so the latent stays close to a
     /// Gaussian without costing detail.
     pub kl_weight: f64,
+    /// Channels per pixel the patch decoder hands to the full-resolution
+    /// refinement (0: the patch decoder writes RGB directly and there is no
+    /// refinement). The first 3 are a coarse RGB; a 3x3 convolution over all
+    /// of them adds a correction, so edges can line up across patch borders.
+    #[serde(default)]
+    pub pixel_channels: usize,
+    /// Hidden width of the refinement's 3x3 convolution.
+    #[serde(default)]
+    pub pixel_width: usize,
 }
 
 impl VaeConfig {
@@ -40,6 +49,8 @@ impl VaeConfig {
             width: 64,
             blocks: 3,
             kl_weight: 1e-4,
+            pixel_channels: 0,
+            pixel_width: 0,
         }
     }
 
@@ -52,6 +63,8 @@ impl VaeConfig {
             width: 16,
             blocks: 1,
             kl_weight: 1e-4,
+            pixel_channels: 4,
+            pixel_width: 8,
         }
     }
 
@@ -75,12 +88,28 @@ impl VaeConfig {
         if self.latent_channels == 0 || self.width == 0 {
             invalid!("latent channels and width must be positive");
         }
+        if self.pixel_channels != 0 && (self.pixel_channels < 3 || self.pixel_width == 0) {
+            invalid!(
+                "the pixel refinement needs at least 3 channels and a positive width (got {} and {}); 0 channels turns it off",
+                self.pixel_channels,
+                self.pixel_width
+            );
+        }
         Ok(())
     }
 
     /// Values in one input patch: `3 * ft * fs * fs`.
     pub fn patch_dim(&self) -> usize {
         3 * self.ft * self.fs * self.fs
+    }
+
+    /// Channels per pixel the patch decoder writes: 3, or the refinement's input.
+    pub fn decoded_channels(&self) -> usize {
+        if self.pixel_channels == 0 {
+            3
+        } else {
+            self.pixel_channels
+        }
     }
 
     /// Latent size `[T', H', W']` for an input `[T, H, W]`, or an error

@@ -3,7 +3,7 @@
 use candle_core::Tensor;
 use candle_nn::{Linear, VarBuilder};
 
-use super::blocks::{apply_last, ResBlock};
+use super::blocks::{apply_last, linear_zero, ResBlock, SpatialMix};
 use super::VaeConfig;
 use crate::patch::{patchify, unpatchify, PatchSize, Remainder};
 use crate::Result;
@@ -43,6 +43,22 @@ struct Decoder {
     blocks: Vec<ResBlock>,
     head1: Linear,
     head2: Linear,
+    pixel: Option<PixelRefine>,
+}
+
+/// Full-resolution refinement, channels last: `rgb = x[..3] + out(silu(conv3x3(x)))`,
+/// with `out` starting at zero so a fresh refinement passes the coarse RGB through.
+struct PixelRefine {
+    conv: SpatialMix,
+    out: Linear,
+}
+
+impl PixelRefine {
+    /// `(B, T, H, W, P) -> (B, T, H, W, 3)`
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let hid = self.conv.forward(x)?.silu()?;
+        Ok((x.narrow(4, 0, 3)? + apply_last(&self.out, &hid)?)?)
+    }
 }
 
 /// The spacetime VAE.
@@ -73,7 +89,25 @@ impl Vae {
             input: candle_nn::linear(c, d, vdec.pp("input"))?,
             blocks: blocks(vdec.pp("blocks"))?,
             head1: candle_nn::linear(d, 2 * d, vdec.pp("head1"))?,
-            head2: candle_nn::linear(2 * d, p, vdec.pp("head2"))?,
+            head2: candle_nn::linear(
+                2 * d,
+                config.ft * config.fs * config.fs * config.decoded_channels(),
+                vdec.pp("head2"),
+            )?,
+            pixel: if config.pixel_channels == 0 {
+                None
+            } else {
+                let vp = vdec.pp("pixel");
+                Some(PixelRefine {
+                    conv: SpatialMix::new(
+                        config.pixel_channels,
+                        config.pixel_width,
+                        false,
+                        vp.pp("conv"),
+                    )?,
+                    out: linear_zero(config.pixel_width, 3, vp.pp("out"))?,
+                })
+            },
         };
         Ok(Self {
             config: config.clone(),
@@ -120,16 +154,30 @@ impl Vae {
             hid = block.forward(&hid)?;
         }
         let hid = apply_last(&d.head1, &hid.silu()?)?.silu()?;
-        let tokens =
-            apply_last(&d.head2, &hid)?.reshape((b, lt * lh * lw, self.config.patch_dim()))?;
         let (ft, fs) = (self.config.ft, self.config.fs);
-        unpatchify(
-            &tokens,
-            [lt, lh, lw],
-            self.patch(),
-            3,
-            [lt * ft, lh * fs, lw * fs],
-        )
+        let Some(pixel) = &d.pixel else {
+            let tokens =
+                apply_last(&d.head2, &hid)?.reshape((b, lt * lh * lw, self.config.patch_dim()))?;
+            return unpatchify(
+                &tokens,
+                [lt, lh, lw],
+                self.patch(),
+                3,
+                [lt * ft, lh * fs, lw * fs],
+            );
+        };
+        // patches to pixels, channels last: (B, T', H', W', ft, fs, fs, P) -> (B, T, H, W, P)
+        let p = self.config.pixel_channels;
+        let (t, h, w) = (lt * ft, lh * fs, lw * fs);
+        let pixels = apply_last(&d.head2, &hid)?
+            .reshape(vec![b, lt, lh, lw, ft, fs, fs, p])?
+            .permute(vec![0, 1, 4, 2, 5, 3, 6, 7])?
+            .contiguous()?
+            .reshape((b, t, h, w, p))?;
+        Ok(pixel
+            .forward(&pixels)?
+            .permute((0, 4, 1, 2, 3))?
+            .contiguous()?)
     }
 
     /// Encode, sample with `eps`, decode: returns `(loss, mse, kl)` scalars,

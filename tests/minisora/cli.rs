@@ -486,3 +486,77 @@ fn train_dit_then_generate_end_to_end() {
         );
     }
 }
+
+#[test]
+fn train_model_trains_both_stages_and_resumes_by_skipping_finished_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let train = [
+        "train",
+        "model",
+        "--preset",
+        "tiny",
+        "--vae-steps",
+        "2",
+        "--vae-batch",
+        "2",
+        "--dit-steps",
+        "2",
+        "--dit-batch",
+        "2",
+        "--out",
+        "m",
+    ];
+    let o = minisora(&train, d);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("autoencoder: step 0 of 2") && out.contains("text encoder + DiT: step 0 of 2"),
+        "{out}"
+    );
+    assert!(d.join("m/vae/checkpoint/model.safetensors").exists());
+    assert!(d.join("m/dit/checkpoint/vae/model.safetensors").exists());
+    // again without --resume: refused; with it: both stages are done already
+    let o = minisora(&train, d);
+    assert!(
+        !o.status.success() && text(&o).contains("--resume"),
+        "{}",
+        text(&o)
+    );
+    let o = minisora(&[&train[..], &["--resume"]].concat(), d);
+    let out = text(&o);
+    assert!(
+        o.status.success()
+            && out.contains("autoencoder: step 2 of 2")
+            && out.contains("DiT: step 2 of 2"),
+        "{out}"
+    );
+    // the finished model generates
+    let o = minisora(
+        &[
+            "generate",
+            "a red circle growing",
+            "--checkpoint",
+            "m/dit/checkpoint",
+            "--steps",
+            "2",
+            "--frames",
+            "4",
+            "--height",
+            "16",
+            "--width",
+            "16",
+            "-o",
+            "g.gif",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    // the benchmark presets are refused with a reason
+    let o = minisora(&["train", "model", "--preset", "XL", "--out", "x"], d);
+    assert!(
+        !o.status.success() && text(&o).contains("benchmarks"),
+        "{}",
+        text(&o)
+    );
+}

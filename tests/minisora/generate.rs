@@ -28,6 +28,8 @@ fn run(steps: u64, data: &Path, batch: usize, lr: f64) -> RunConfig {
         height: 16,
         width: 16,
         checkpoint_every: 1000,
+        shards: 1,
+        ema_decay: 0.9,
     }
 }
 
@@ -82,7 +84,6 @@ fn job<'a>(vae_dir: &'a Path, run: RunConfig) -> DitJob<'a> {
         run,
         vae_dir,
         cfg_dropout: 0.1,
-        ema_decay: 0.9,
     }
 }
 

@@ -43,10 +43,12 @@ fn vars(varmap: &VarMap) -> HashMap<String, Vec<f32>> {
 
 #[test]
 fn encode_and_decode_shapes_for_many_sizes_and_factors() {
-    for (ft, fs) in [(1, 4), (2, 4), (4, 4), (2, 8)] {
+    // with and without the full-resolution refinement
+    for (ft, fs, pixel_channels) in [(1, 4, 0), (2, 4, 4), (4, 4, 4), (2, 8, 0), (2, 8, 5)] {
         let config = VaeConfig {
             ft,
             fs,
+            pixel_channels,
             ..VaeConfig::tiny()
         };
         let (vae, _) = build(&config, 0);
@@ -128,6 +130,8 @@ fn run(steps: u64, data: &str) -> RunConfig {
         height: 16,
         width: 16,
         checkpoint_every: 100,
+        shards: 2,
+        ema_decay: 0.5,
     }
 }
 
@@ -213,6 +217,54 @@ fn resuming_halfway_ends_at_the_same_weights() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("--resume"), "{err}");
+}
+
+#[test]
+fn shards_change_results_only_by_rounding() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = VaeConfig::tiny();
+    let losses = |shards: usize| -> Vec<f64> {
+        let out = dir.path().join(format!("s{shards}"));
+        let r = RunConfig {
+            shards,
+            ..run(4, "shapes")
+        };
+        vae_train::train(
+            &out,
+            &config,
+            &r,
+            &session(false, None),
+            &Device::Cpu,
+            |_| (),
+        )
+        .unwrap();
+        std::fs::read_to_string(out.join("log.csv"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(2).unwrap().parse().unwrap())
+            .collect()
+    };
+    let (one, two) = (losses(1), losses(2));
+    assert_eq!(one.len(), 4);
+    for (a, b) in one.iter().zip(&two) {
+        assert!((a - b).abs() <= 1e-4 * a.abs(), "{one:?} vs {two:?}");
+    }
+    // the batch must split evenly
+    let odd = RunConfig {
+        batch: 3,
+        ..run(4, "shapes")
+    };
+    let err = vae_train::train(
+        &dir.path().join("odd"),
+        &config,
+        &odd,
+        &session(false, None),
+        &Device::Cpu,
+        |_| (),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("multiple of the shards"), "{err}");
 }
 
 #[test]

@@ -1,0 +1,205 @@
+//! Data-parallel gradients on the CPU.
+//!
+//! On this project's 2-core machine candle runs its element-wise ops on one
+//! thread and only its matrix multiplies on both, so a training step keeps
+//! one core idle most of the time. Two single-threaded processes training
+//! the default autoencoder side by side measured 12.8 clips/s each, against
+//! 14.7 clips/s for one process using both cores. [`sharded_grads`] gets
+//! that back inside one run: the batch is cut into equal shards, each
+//! shard's forward and backward pass runs on a thread of its own, and the
+//! shards' gradients are averaged in a fixed order.
+//!
+//! The result depends on the number of shards only through floating-point
+//! rounding (the mean of equal shards' mean losses is the batch's mean
+//! loss), and not at all on how many threads run them, so a run stays
+//! bit-for-bit reproducible on any machine. Run it with candle's matrix
+//! multiply single-threaded (`RAYON_NUM_THREADS=1`, which the `minisora`
+//! binary sets for its training commands): two threads each asking for two
+//! more make four busy threads on two cores.
+
+use std::thread;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+
+use crate::{invalid, Error, Result};
+
+/// What one shard's pass gives back: its mean loss (a scalar tensor with
+/// its graph, to differentiate) and any figures it measured (already
+/// numbers, averaged over shards by [`sharded_grads`]).
+pub struct ShardLoss {
+    pub loss: Tensor,
+    pub figures: Vec<f64>,
+}
+
+/// The averaged outcome of one step over all shards.
+pub struct ShardedStep {
+    /// Gradients of the mean loss for every variable that has one.
+    pub grads: GradStore,
+    /// Mean of the shards' losses.
+    pub loss: f64,
+    /// Mean of each figure over the shards.
+    pub figures: Vec<f64>,
+}
+
+/// Threads worth using for `shards` shards here: one per core, at most one
+/// per shard.
+pub fn worker_threads(shards: usize) -> usize {
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    shards.clamp(1, cores.max(1))
+}
+
+/// Runs `pass(shard)` for `shard` in `0..shards` on up to `threads` threads,
+/// differentiates each shard's loss, and averages the gradients of `vars`
+/// in shard order. Each shard should cover an equal part of the batch so
+/// that the average is the gradient of the batch's mean loss.
+pub fn sharded_grads<F>(shards: usize, threads: usize, vars: &[Var], pass: F) -> Result<ShardedStep>
+where
+    F: Fn(usize) -> Result<ShardLoss> + Sync,
+{
+    if shards == 0 {
+        invalid!("a step needs at least one shard");
+    }
+    let run_one = |shard: usize| -> Result<(GradStore, f64, Vec<f64>)> {
+        let out = pass(shard)?;
+        let value = out.loss.to_scalar::<f32>()? as f64;
+        Ok((out.loss.backward()?, value, out.figures))
+    };
+    let threads = threads.clamp(1, shards);
+    let mut results: Vec<Option<Result<(GradStore, f64, Vec<f64>)>>> =
+        (0..shards).map(|_| None).collect();
+    if threads == 1 {
+        for (shard, slot) in results.iter_mut().enumerate() {
+            *slot = Some(run_one(shard));
+        }
+    } else {
+        // thread j runs shards j, j + threads, j + 2 * threads, ...
+        let done: Vec<Vec<(usize, Result<(GradStore, f64, Vec<f64>)>)>> = thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|j| {
+                    let run_one = &run_one;
+                    s.spawn(move || {
+                        (j..shards)
+                            .step_by(threads)
+                            .map(|shard| (shard, run_one(shard)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        for (shard, r) in done.into_iter().flatten() {
+            results[shard] = Some(r);
+        }
+    }
+    let mut outs = Vec::with_capacity(shards);
+    for r in results {
+        outs.push(r.ok_or_else(|| Error::Invalid("a shard did not run".into()))??);
+    }
+    let n = shards as f64;
+    let loss = outs.iter().map(|o| o.1).sum::<f64>() / n;
+    let mut figures = vec![0.0; outs[0].2.len()];
+    for o in &outs {
+        for (f, v) in figures.iter_mut().zip(&o.2) {
+            *f += v / n;
+        }
+    }
+    let mut grads_iter = outs.into_iter().map(|o| o.0);
+    let mut grads = grads_iter.next().expect("at least one shard");
+    if shards > 1 {
+        let rest: Vec<GradStore> = grads_iter.collect();
+        for var in vars {
+            let t = var.as_tensor();
+            let Some(first) = grads.get(t) else { continue };
+            let mut sum = first.clone();
+            for g in &rest {
+                if let Some(other) = g.get(t) {
+                    sum = (sum + other)?;
+                }
+            }
+            grads.insert(t, (sum / n)?);
+        }
+    }
+    Ok(ShardedStep {
+        grads,
+        loss,
+        figures,
+    })
+}
+
+/// The rows `shard` of `shards` covers in a batch of `batch`: `(start, len)`.
+/// `batch` must be a multiple of `shards`.
+pub fn shard_rows(batch: usize, shards: usize, shard: usize) -> (usize, usize) {
+    let len = batch / shards;
+    (shard * len, len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn sharded_gradient_is_the_batch_gradient() {
+        let dev = Device::Cpu;
+        let w = Var::new(&[0.5f32, -1.0, 2.0], &dev).unwrap();
+        let xs = Tensor::new(
+            &[
+                [1.0f32, 2.0, 3.0],
+                [0.5, -1.0, 4.0],
+                [2.0, 0.0, -1.0],
+                [1.5, 1.0, 1.0],
+            ],
+            &dev,
+        )
+        .unwrap();
+        let loss_of = |rows: &Tensor| -> Tensor {
+            rows.broadcast_mul(w.as_tensor())
+                .unwrap()
+                .sum(1)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .mean_all()
+                .unwrap()
+        };
+        let whole = loss_of(&xs).backward().unwrap();
+        let expected: Vec<f32> = whole.get(w.as_tensor()).unwrap().to_vec1().unwrap();
+        for threads in [1, 2] {
+            let step = sharded_grads(2, threads, std::slice::from_ref(&w), |s| {
+                let (start, len) = shard_rows(4, 2, s);
+                let loss = loss_of(&xs.narrow(0, start, len)?);
+                Ok(ShardLoss {
+                    figures: vec![s as f64],
+                    loss,
+                })
+            })
+            .unwrap();
+            let got: Vec<f32> = step.grads.get(w.as_tensor()).unwrap().to_vec1().unwrap();
+            for (a, b) in got.iter().zip(&expected) {
+                assert!((a - b).abs() < 1e-5, "{got:?} vs {expected:?}");
+            }
+            let full = loss_of(&xs).to_scalar::<f32>().unwrap() as f64;
+            assert!((step.loss - full).abs() < 1e-5);
+            assert_eq!(step.figures, vec![0.5]);
+        }
+    }
+
+    #[test]
+    fn a_failing_shard_fails_the_step() {
+        let w = Var::new(&[1.0f32], &Device::Cpu).unwrap();
+        let r = sharded_grads(2, 2, &[w.clone()], |s| {
+            if s == 1 {
+                invalid!("shard one broke");
+            }
+            Ok(ShardLoss {
+                loss: w.as_tensor().sum_all()?,
+                figures: vec![],
+            })
+        });
+        assert!(r.err().unwrap().to_string().contains("shard one broke"));
+    }
+}
