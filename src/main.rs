@@ -61,6 +61,16 @@ enum Command {
         minisora inspect clip.mp4 --preset XL --compress 4,8,8"
     )]
     Inspect(InspectArgs),
+    /// Time one denoising step: latency, FLOPs, FLOP/s against the machine's matmul peak
+    #[command(
+        after_help = "Each case builds a DiT of the preset with random weights and times \
+        one forward on random latents after warm-up: median and p90 latency, counted FLOPs \
+        (attention, projections, MLP), achieved GFLOP/s and that as a fraction of a large matrix \
+        multiply measured in the same run, and the growth of peak memory over the timed steps.\n\n\
+        Examples:\n  minisora bench\n  minisora bench --preset default --preset S --tokens 128 --tokens 512\n  \
+        minisora bench --preset S --frames 16 --height 64 --width 64 --json"
+    )]
+    Bench(BenchArgs),
     /// Train a stage of the model: `train vae` (the compression network)
     #[command(subcommand)]
     Train(TrainCommand),
@@ -88,7 +98,7 @@ struct EvalArgs {
     /// Text-to-video checkpoint [default: the shipped samples/model]
     #[arg(long)]
     checkpoint: Option<PathBuf>,
-    /// Held-out prompts to draw
+    /// Held-out prompts to draw of each kind (one object, two objects)
     #[arg(long, default_value_t = 200)]
     count: usize,
     /// Score these prompts (one per line) instead
@@ -179,7 +189,7 @@ enum TrainCommand {
     #[command(
         after_help = "OUT/checkpoint/ is a whole text-to-video model (EMA weights, text encoder, \
         tokenizer, and a copy of the autoencoder), written atomically; --resume continues it exactly.\n\n\
-        Example:\n  minisora train dit --vae samples/vae --steps 4000 --out runs/dit"
+        Example:\n  minisora train dit --vae samples/vae --out runs/dit"
     )]
     Dit(TrainDitArgs),
     /// Train the whole default text-to-video model: the autoencoder, then the text encoder and DiT
@@ -191,6 +201,79 @@ enum TrainCommand {
         The defaults train the shipped model (samples/model):\n  minisora train model --out runs/model"
     )]
     Model(TrainModelArgs),
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
+    #[command(flatten)]
+    step: BenchStepArgs,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Write a DiT's random weights, inputs and minisora's output, for a peer implementation to check itself against
+    #[command(
+        after_help = "Writes DIR/config.json, weights.safetensors, inputs.safetensors and \
+        output.safetensors (CPU, f32). benches/peer/run.sh uses it to check the PyTorch DiT \
+        against minisora's.\n\nExample:\n  minisora bench export --preset S --tokens 256 --out /tmp/parity"
+    )]
+    Export(BenchExportArgs),
+}
+
+#[derive(Args)]
+struct BenchExportArgs {
+    /// Model preset
+    #[arg(long, default_value = "default")]
+    preset: String,
+    /// Video tokens per clip
+    #[arg(long, default_value_t = 128)]
+    tokens: usize,
+    /// Clips
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    /// Folder to write
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct BenchStepArgs {
+    /// Model presets to time (default, S, B, L, XL, tiny); repeat the flag for several
+    #[arg(long = "preset", default_values_t = vec!["default".to_string()])]
+    presets: Vec<String>,
+    /// Video tokens per clip; repeat the flag for several [default: the clip size below]
+    #[arg(long = "tokens")]
+    tokens: Vec<usize>,
+    /// Clip frames, used when no --tokens is given [default: the preset's]
+    #[arg(long)]
+    frames: Option<usize>,
+    /// Clip height [default: the preset's]
+    #[arg(long)]
+    height: Option<usize>,
+    /// Clip width [default: the preset's]
+    #[arg(long)]
+    width: Option<usize>,
+    /// Clips per step (guidance doubles the forward batch)
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// cpu, or cuda (builds with --features cuda)
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// f32, bf16 or f16
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Timed steps per case
+    #[arg(long, default_value_t = 10)]
+    repeat: usize,
+    /// Untimed steps first
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Print JSON (one object with every case) instead of a table
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -208,20 +291,20 @@ struct TrainModelArgs {
     #[arg(long, default_value_t = 2e-3)]
     vae_lr: f64,
     /// DiT optimizer steps
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, default_value_t = 5400)]
     dit_steps: u64,
     /// DiT clips per step
     #[arg(long, default_value_t = 16)]
     dit_batch: usize,
     /// DiT peak learning rate
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 7e-4)]
     dit_lr: f64,
     /// Seed of both stages' data order, initial weights and noise
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Parts each batch is cut into, trained side by side on one thread per core
-    #[arg(long, default_value_t = 2)]
-    shards: usize,
+    /// Parts each batch is cut into, trained side by side on one thread per core [default: 2 for an even batch, else 1]
+    #[arg(long)]
+    shards: Option<usize>,
     /// Run folder
     #[arg(long, default_value = "runs/model")]
     out: PathBuf,
@@ -241,14 +324,14 @@ struct TrainDitArgs {
     /// Training clips: "shapes" (rendered on the fly) or a clip folder
     #[arg(long, default_value = "shapes")]
     data: String,
-    /// Optimizer steps in all
-    #[arg(long, default_value_t = 4000)]
+    /// Optimizer steps in all (the shipped model's DiT stage)
+    #[arg(long, default_value_t = 5400)]
     steps: u64,
     /// Clips per step
     #[arg(long, default_value_t = 16)]
     batch: usize,
     /// Peak learning rate
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 7e-4)]
     lr: f64,
     /// Warm-up steps
     #[arg(long, default_value_t = 200)]
@@ -265,9 +348,9 @@ struct TrainDitArgs {
     #[command(flatten)]
     clip: ClipArgs,
     /// Parts each batch is cut into, trained side by side on one thread per
-    /// core (changes results only by rounding)
-    #[arg(long, default_value_t = 2)]
-    shards: usize,
+    /// core (changes results only by rounding) [default: 2 for an even batch, else 1]
+    #[arg(long)]
+    shards: Option<usize>,
     /// Steps between checkpoints
     #[arg(long, default_value_t = 250)]
     checkpoint_every: u64,
@@ -324,9 +407,9 @@ struct TrainVaeArgs {
     #[command(flatten)]
     clip: ClipArgs,
     /// Parts each batch is cut into, trained side by side on one thread per
-    /// core (changes results only by rounding)
-    #[arg(long, default_value_t = 2)]
-    shards: usize,
+    /// core (changes results only by rounding) [default: 2 for an even batch, else 1]
+    #[arg(long)]
+    shards: Option<usize>,
     /// Steps between checkpoints
     #[arg(long, default_value_t = 200)]
     checkpoint_every: u64,
@@ -626,7 +709,9 @@ fn train_vae(args: TrainVaeArgs) -> Result<()> {
         height: args.clip.height,
         width: args.clip.width,
         checkpoint_every: args.checkpoint_every.max(1),
-        shards: args.shards,
+        shards: args
+            .shards
+            .unwrap_or(minisora::train::parallel::default_shards(args.batch)),
         ema_decay: args.ema,
     };
     let command: Vec<String> = std::env::args().collect();
@@ -668,7 +753,9 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
         height: args.clip.height,
         width: args.clip.width,
         checkpoint_every: args.checkpoint_every.max(1),
-        shards: args.shards,
+        shards: args
+            .shards
+            .unwrap_or(minisora::train::parallel::default_shards(args.batch)),
         ema_decay: args.ema,
     };
     let job = dit::DitJob {
@@ -689,6 +776,158 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
         bar.set_message(format!("loss {:.4}  {:.1} clips/s", r.loss, r.clips_per_s));
     })?;
     finish_run(&bar, &outcome, args.steps);
+    Ok(())
+}
+
+fn parse_device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(0)
+            .context("--device cuda needs a minisora built with --features cuda and an NVIDIA GPU"),
+        other => bail!("--device must be cpu or cuda, got \"{other}\""),
+    }
+}
+
+fn parse_dtype(name: &str) -> Result<candle_core::DType> {
+    use candle_core::DType;
+    match name {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        other => bail!("--dtype must be f32, bf16 or f16, got \"{other}\""),
+    }
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    match args.command {
+        Some(BenchCommand::Export(a)) => {
+            if a.batch == 0 {
+                bail!("--batch must be at least 1");
+            }
+            let preset = minisora::preset::preset(&a.preset)?;
+            let grid = minisora::bench::grid_for_tokens(a.tokens)?;
+            minisora::bench::export(&preset.dit, grid, a.batch, &a.out)?;
+            println!(
+                "wrote {}: preset {}, grid {grid:?}, batch {}",
+                a.out.display(),
+                preset.name,
+                a.batch
+            );
+            Ok(())
+        }
+        None => bench_step(args.step),
+    }
+}
+
+fn bench_step(args: BenchStepArgs) -> Result<()> {
+    use minisora::bench::{self, StepCase};
+    let device = parse_device(&args.device)?;
+    let dtype = parse_dtype(&args.dtype)?;
+    if args.batch == 0 || args.repeat == 0 {
+        bail!("--batch and --repeat must be at least 1");
+    }
+    let peak = bench::matmul_peak(&device, dtype, 1024, 5)?;
+    let mut reports = Vec::new();
+    for name in &args.presets {
+        let preset = minisora::preset::preset(name)?;
+        let grids: Vec<[usize; 3]> = if args.tokens.is_empty() {
+            let c = preset.canvas;
+            let size = [
+                args.frames.unwrap_or(c.frames),
+                args.height.unwrap_or(c.height),
+                args.width.unwrap_or(c.width),
+            ];
+            let f = preset.compression.factors();
+            let p = preset.dit.patch;
+            let latent: Vec<usize> = (0..3).map(|i| size[i] / f[i]).collect();
+            let grid = [latent[0] / p.t, latent[1] / p.h, latent[2] / p.w];
+            if grid.contains(&0) || (0..3).any(|i| size[i] % f[i] != 0) {
+                bail!(
+                    "a {}x{}x{} clip does not fit preset {}: frames, height and width must be multiples of {}, {} and {} times its patch",
+                    size[0], size[1], size[2], preset.name, f[0], f[1], f[2]
+                );
+            }
+            vec![grid]
+        } else {
+            args.tokens
+                .iter()
+                .map(|&n| Ok(bench::grid_for_tokens(n)?))
+                .collect::<Result<_>>()?
+        };
+        for grid in grids {
+            for guidance in [false, true] {
+                let case = StepCase {
+                    preset: preset.name.to_string(),
+                    dit: preset.dit.clone(),
+                    grid,
+                    batch: args.batch,
+                    guidance,
+                    dtype,
+                    repeat: args.repeat,
+                    warmup: args.warmup,
+                };
+                reports.push(bench::bench_step(&case, &device, peak)?);
+            }
+        }
+    }
+    if args.json {
+        let out = serde_json::json!({ "matmul_peak_gflops": peak, "cases": reports });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "matrix multiply peak (1024^3, {}, {}): {peak:.1} GFLOP/s",
+        args.dtype, args.device
+    );
+    println!(
+        "{:<8} {:>6} {:>5} {:>9} {:>9} {:>10} {:>8} {:>8} {:>8} {:>9} {:>6} {:>9}",
+        "preset",
+        "tokens",
+        "batch",
+        "median ms",
+        "p90 ms",
+        "tokens/s",
+        "attn",
+        "proj",
+        "mlp",
+        "GFLOP/s",
+        "peak",
+        "mem MiB"
+    );
+    // FLOPs with an SI prefix
+    let gf = |v: u64| {
+        let v = v as f64;
+        match v {
+            v if v >= 1e12 => format!("{:.2}T", v / 1e12),
+            v if v >= 1e9 => format!("{:.2}G", v / 1e9),
+            v if v >= 1e6 => format!("{:.2}M", v / 1e6),
+            v => format!("{:.1}k", v / 1e3),
+        }
+    };
+    for r in &reports {
+        println!(
+            "{:<8} {:>6} {:>5} {:>9.2} {:>9.2} {:>10.0} {:>8} {:>8} {:>8} {:>9.1} {:>5.0}% {:>9}",
+            r.preset,
+            r.tokens,
+            format!("{}{}", r.forward_batch, if r.guidance { "g" } else { "" }),
+            r.median_ms,
+            r.p90_ms,
+            r.tokens_per_s,
+            gf(r.cost.attention_flops),
+            gf(r.cost.attention_proj_flops),
+            gf(r.cost.mlp_flops),
+            r.achieved_gflops,
+            100.0 * r.peak_fraction,
+            r.peak_memory_bytes.map_or("-".to_string(), |b| format!(
+                "{:.1}",
+                b as f64 / (1 << 20) as f64
+            )),
+        );
+    }
+    println!(
+        "batch: clips in the forward (g: conditional + unconditional for guidance in one batch)"
+    );
+    println!("attn, proj, mlp: counted FLOPs of attention scores, attention projections, MLP");
     Ok(())
 }
 
@@ -713,7 +952,9 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
         height: canvas.height,
         width: canvas.width,
         checkpoint_every,
-        shards: args.shards,
+        shards: args
+            .shards
+            .unwrap_or(minisora::train::parallel::default_shards(batch)),
         ema_decay,
     };
     let plan = ModelPlan {
@@ -855,7 +1096,7 @@ fn load_model(
     let dir = checkpoint.clone().unwrap_or_else(|| shipped("model"));
     if checkpoint.is_none() && !dir.exists() {
         bail!(
-            "no shipped model at {} yet: train one (minisora train vae, then minisora train dit) and pass --checkpoint",
+            "no model at {}: this checkout has no samples/model; train one with `minisora train model --out runs/model` and pass --checkpoint runs/model/dit/checkpoint",
             dir.display()
         );
     }
@@ -876,10 +1117,16 @@ fn eval(args: EvalArgs) -> Result<()> {
     };
     let options = args.sampling.options(0, args.clip.canvas()?);
     let bar = progress_bar(prompts.len() as u64, 0)?;
-    let report =
-        minisora::eval::evaluate(&model, &meta, &vae, &prompts, &options, &Device::Cpu, |d| {
-            bar.set_position(d as u64)
-        })?;
+    let report = minisora::eval::evaluate(
+        &model,
+        &meta,
+        &vae,
+        &prompts,
+        &options,
+        &Device::Cpu,
+        minisora::train::parallel::worker_threads(prompts.len()),
+        |d| bar.set_position(d as u64),
+    )?;
     bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -1073,16 +1320,20 @@ fn data(args: DataArgs) -> Result<()> {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Train(_)) && std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        // Training runs its batch shards on one thread per core
-        // (train::parallel); candle's matrix multiply must then stay on its
-        // shard's thread. Set here, before any other thread exists.
+    if matches!(cli.command, Command::Train(_) | Command::Eval(_))
+        && std::env::var_os("RAYON_NUM_THREADS").is_none()
+    {
+        // Training runs its batch shards, and eval its prompts, on one
+        // thread per core (train::parallel); candle's matrix multiply must
+        // then stay on its caller's thread. Set here, before any other
+        // thread exists.
         std::env::set_var("RAYON_NUM_THREADS", "1");
     }
     match cli.command {
         Command::Render(args) => render(args),
         Command::Data(args) => data(args),
         Command::Inspect(args) => inspect(args),
+        Command::Bench(args) => bench(args),
         Command::Train(TrainCommand::Vae(args)) => train_vae(args),
         Command::Train(TrainCommand::Dit(args)) => train_dit(args),
         Command::Train(TrainCommand::Model(args)) => train_model(args),

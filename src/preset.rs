@@ -78,7 +78,12 @@ pub fn preset(name: &str) -> Result<Preset> {
             "default",
             "the CPU model that ships in samples/",
             Canvas::DEFAULT,
-            dit(192, 6, 6, 128),
+            // tubelets of 2 latent frames: 64 tokens for the default clip,
+            // half of 1x2x2's 128, so training sees twice the clips per second
+            DitConfig {
+                patch: PatchSize { t: 2, h: 2, w: 2 },
+                ..dit(192, 6, 6, 128)
+            },
         ),
         "s" => ("S", "DiT-S width and depth", big, dit(384, 12, 6, 256)),
         "b" => ("B", "DiT-B width and depth", big, dit(768, 12, 12, 256)),

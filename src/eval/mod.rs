@@ -33,15 +33,30 @@ pub struct AdherenceReport {
     pub two_object_pass: Option<f64>,
 }
 
-/// `count` prompts drawn from the grammar with seeds training never uses.
-pub fn held_out_prompts(count: usize) -> Vec<Scene> {
-    (0..count)
-        .map(|i| Scene::sample(&mut Rng::derive(HELD_OUT ^ 0xe7a1, i as u64)))
-        .collect()
+/// Prompts drawn from the grammar with seeds training never uses:
+/// `per_kind` with one object and `per_kind` with two, in draw order.
+pub fn held_out_prompts(per_kind: usize) -> Vec<Scene> {
+    let mut out = Vec::with_capacity(2 * per_kind);
+    let mut have = [0usize; 2];
+    for i in 0u64.. {
+        if have.iter().all(|&n| n >= per_kind) {
+            break;
+        }
+        let scene = Scene::sample(&mut Rng::derive(HELD_OUT ^ 0xe7a1, i));
+        let kind = scene.objects.len() - 1;
+        if have[kind] < per_kind {
+            have[kind] += 1;
+            out.push(scene);
+        }
+    }
+    out
 }
 
-/// Generates a clip per prompt (seed = its index) and scores it; calls
-/// `progress(done)` after each.
+/// Generates a clip per prompt (seed = its index) and scores it, on
+/// `threads` threads (each prompt's clip depends only on its index, so the
+/// report does not depend on the thread count); calls `progress(done)` as
+/// clips finish.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &TextToVideo,
     meta: &DitMeta,
@@ -49,17 +64,47 @@ pub fn evaluate(
     prompts: &[Scene],
     options: &SampleOptions,
     device: &Device,
+    threads: usize,
     mut progress: impl FnMut(usize),
 ) -> Result<AdherenceReport> {
-    let mut sums = [0usize; 4];
-    let (mut objects, mut pass) = (0usize, [[0usize; 2]; 2]);
-    for (i, scene) in prompts.iter().enumerate() {
+    let score = |i: usize| -> Result<Vec<ObjectScore>> {
         let o = SampleOptions {
             seed: HELD_OUT + i as u64,
             ..options.clone()
         };
-        let clip = generate(model, meta, vae, &scene.caption(), &o, device)?;
-        let scores = detect(&clip.frames, scene);
+        let clip = generate(model, meta, vae, &prompts[i].caption(), &o, device)?;
+        Ok(detect(&clip.frames, &prompts[i]))
+    };
+    let threads = threads.clamp(1, prompts.len().max(1));
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<Vec<ObjectScore>>)>();
+    let mut results: Vec<Option<Vec<ObjectScore>>> = vec![None; prompts.len()];
+    std::thread::scope(|s| -> Result<()> {
+        for j in 0..threads {
+            let (tx, score) = (tx.clone(), &score);
+            s.spawn(move || {
+                for i in (j..prompts.len()).step_by(threads) {
+                    let r = score(i);
+                    let failed = r.is_err();
+                    if tx.send((i, r)).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        // owned here, so that an early error drops it and the others stop
+        let rx = rx;
+        for (done, (i, r)) in rx.iter().enumerate() {
+            results[i] = Some(r?);
+            progress(done + 1);
+        }
+        Ok(())
+    })?;
+    let mut sums = [0usize; 4];
+    let (mut objects, mut pass) = (0usize, [[0usize; 2]; 2]);
+    for (scene, scores) in prompts.iter().zip(results) {
+        let scores =
+            scores.ok_or_else(|| crate::Error::Invalid("a prompt was not scored".into()))?;
         for s in &scores {
             for (k, ok) in [s.colour, s.shape, s.size, s.motion]
                 .into_iter()
@@ -72,7 +117,6 @@ pub fn evaluate(
         let kind = scene.objects.len() - 1;
         pass[kind][0] += 1;
         pass[kind][1] += scores.iter().all(ObjectScore::all) as usize;
-        progress(i + 1);
     }
     let frac = |k: usize, n: usize| k as f64 / n.max(1) as f64;
     let rate = |[n, ok]: [usize; 2]| (n > 0).then(|| frac(ok, n));

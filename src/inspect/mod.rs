@@ -253,11 +253,11 @@ mod tests {
         let p = preset("default").unwrap();
         let i = inspect([16, 32, 32], &p, None, None, Remainder::Pad).unwrap();
         assert_eq!(i.latent, [8, 8, 8]);
-        assert_eq!(i.grid, [8, 4, 4]);
-        assert_eq!(i.tokens, 128);
-        assert_eq!(i.footprint, [2, 8, 8]);
+        assert_eq!(i.grid, [4, 4, 4]);
+        assert_eq!(i.tokens, 64);
+        assert_eq!(i.footprint, [4, 8, 8]);
         assert_eq!(i.padded_tokens, 0);
-        assert_eq!(i.token_dim, 64);
+        assert_eq!(i.token_dim, 128);
     }
 
     #[test]
@@ -265,9 +265,9 @@ mod tests {
         let p = preset("default").unwrap();
         let i = inspect([15, 30, 33], &p, None, None, Remainder::Pad).unwrap();
         assert_eq!(i.latent, [8, 8, 9]);
-        assert_eq!(i.grid, [8, 4, 5]);
-        // whole tokens: 15/2=7, 30/8=3, 33/8=4
-        assert_eq!(i.padded_tokens, 160 - 7 * 3 * 4);
+        assert_eq!(i.grid, [4, 4, 5]);
+        // whole tokens: 15/4=3, 30/8=3, 33/8=4
+        assert_eq!(i.padded_tokens, 80 - 3 * 3 * 4);
         let err = inspect([16, 30, 32], &p, None, None, Remainder::Reject)
             .unwrap_err()
             .to_string();

@@ -42,6 +42,17 @@ pub struct ShardedStep {
     pub figures: Vec<f64>,
 }
 
+/// The shards a run uses unless told otherwise: 2 for an even batch, else
+/// 1. A fixed rule rather than the machine's core count, so that the same
+/// command gives the same weights on any machine.
+pub fn default_shards(batch: usize) -> usize {
+    if batch % 2 == 0 {
+        2
+    } else {
+        1
+    }
+}
+
 /// Threads worth using for `shards` shards here: one per core, at most one
 /// per shard.
 pub fn worker_threads(shards: usize) -> usize {

@@ -63,8 +63,8 @@ impl VaeConfig {
             width: 16,
             blocks: 1,
             kl_weight: 1e-4,
-            pixel_channels: 4,
-            pixel_width: 8,
+            pixel_channels: 0,
+            pixel_width: 0,
         }
     }
 

@@ -560,3 +560,62 @@ fn train_model_trains_both_stages_and_resumes_by_skipping_finished_ones() {
         text(&o)
     );
 }
+
+#[test]
+fn bench_times_a_tiny_step_and_its_json_has_every_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = minisora(
+        &[
+            "bench", "--preset", "tiny", "--tokens", "8", "--tokens", "16", "--repeat", "1",
+            "--warmup", "0", "--json",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["matmul_peak_gflops"].as_f64().unwrap() > 0.0);
+    let cases = v["cases"].as_array().unwrap();
+    // two token counts, each without and with guidance batching
+    assert_eq!(cases.len(), 4);
+    for (case, (tokens, guidance)) in
+        cases
+            .iter()
+            .zip([(8, false), (8, true), (16, false), (16, true)])
+    {
+        assert_eq!(case["tokens"], tokens);
+        assert_eq!(case["guidance"], guidance);
+        assert_eq!(case["forward_batch"], if guidance { 2 } else { 1 });
+        for field in [
+            "preset",
+            "device",
+            "dtype",
+            "grid",
+            "repeat",
+            "median_ms",
+            "p90_ms",
+            "tokens_per_s",
+            "cost",
+            "achieved_gflops",
+            "matmul_peak_gflops",
+            "peak_fraction",
+            "peak_memory_bytes",
+        ] {
+            assert!(case.get(field).is_some(), "{field} missing: {case}");
+        }
+        for field in [
+            "attention_flops",
+            "attention_proj_flops",
+            "mlp_flops",
+            "total_flops",
+        ] {
+            assert!(case["cost"][field].as_u64().unwrap() > 0, "{field}");
+        }
+        assert!(case["median_ms"].as_f64().unwrap() > 0.0);
+    }
+    let o = minisora(&["bench", "--preset", "tiny", "--dtype", "f64"], dir.path());
+    assert!(
+        !o.status.success() && text(&o).contains("--dtype"),
+        "{}",
+        text(&o)
+    );
+}

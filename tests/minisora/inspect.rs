@@ -129,15 +129,15 @@ fn a_real_mp4_is_inspected_at_its_size_and_drawn() {
     assert_eq!(arr(&v["input"]), [16, 48, 64]);
     assert_eq!(
         v["tokens"].as_u64().unwrap() as usize,
-        expected_tokens([16, 48, 64], [2, 4, 4], [1, 2, 2])
+        expected_tokens([16, 48, 64], [2, 4, 4], [2, 2, 2])
     );
     let (ok, table) = inspect(&["clip.mp4", "-o", "tokens.png"], dir.path());
     assert!(ok, "{table}");
     for needle in [
         "input",
         "latent 8 x 12 x 16",
-        "grid 8 x 6 x 8",
-        "384 video tokens",
+        "grid 4 x 6 x 8",
+        "192 video tokens",
         "parameters",
         "attention",
         "MLP",

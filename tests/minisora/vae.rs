@@ -49,6 +49,7 @@ fn encode_and_decode_shapes_for_many_sizes_and_factors() {
             ft,
             fs,
             pixel_channels,
+            pixel_width: 8,
             ..VaeConfig::tiny()
         };
         let (vae, _) = build(&config, 0);
@@ -80,8 +81,18 @@ fn encode_and_decode_shapes_for_many_sizes_and_factors() {
 
 #[test]
 fn a_tiny_autoencoder_overfits_one_clip_and_every_parameter_learns() {
-    let config = VaeConfig::tiny();
-    let (vae, varmap) = build(&config, 1);
+    // without and with the full-resolution refinement
+    for pixel_channels in [0, 4] {
+        overfit(&VaeConfig {
+            pixel_channels,
+            pixel_width: 8,
+            ..VaeConfig::tiny()
+        });
+    }
+}
+
+fn overfit(config: &VaeConfig) {
+    let (vae, varmap) = build(config, 1);
     let x = clip(4, 16, 16);
     let eps = Tensor::zeros((1, 4, 2, 4, 4), DType::F32, &Device::Cpu).unwrap();
     let all: HashMap<_, _> = varmap.data().lock().unwrap().clone();

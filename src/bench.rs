@@ -1,0 +1,322 @@
+//! What a denoising step costs: latency of one DiT forward measured after
+//! warm-up, its FLOPs counted from the shapes ([`DitConfig::step_cost`]),
+//! the FLOP rate that makes, and that rate against the machine's own matrix
+//! multiply peak, measured by [`matmul_peak`] in the same run.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use serde::Serialize;
+
+use crate::dit::{Dit, DitConfig, StepCost};
+use crate::patch::PatchSize;
+use crate::rng::Rng;
+use crate::train::randn;
+use crate::{invalid, Result};
+
+/// A latent grid of `tokens` patch positions, as close to a cube as the
+/// factors of `tokens` allow (time gets the smallest factor).
+pub fn grid_for_tokens(tokens: usize) -> Result<[usize; 3]> {
+    if tokens == 0 {
+        invalid!("--tokens must be at least 1");
+    }
+    let divisors = |n: usize| (1..=n).filter(move |d| n % d == 0);
+    let cube = (tokens as f64).cbrt();
+    let t = divisors(tokens)
+        .filter(|&d| d as f64 <= cube + 1e-9)
+        .max()
+        .unwrap_or(1);
+    let rest = tokens / t;
+    let h = divisors(rest)
+        .filter(|&d| (d * d) <= rest)
+        .max()
+        .unwrap_or(1);
+    Ok([t, h, rest / h])
+}
+
+/// Latent size `(T', H', W')` whose patches form `grid`.
+pub fn latent_for_grid(grid: [usize; 3], patch: PatchSize) -> [usize; 3] {
+    [grid[0] * patch.t, grid[1] * patch.h, grid[2] * patch.w]
+}
+
+/// Median and 90th percentile of `samples` (sorted in place).
+pub fn median_p90(samples: &mut [f64]) -> (f64, f64) {
+    if samples.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.9))
+}
+
+/// Waits for the device's queued work (a no-op on CPU), so that a clock
+/// read afterwards includes it.
+pub fn synchronize(device: &Device) -> Result<()> {
+    Ok(device.synchronize()?)
+}
+
+/// The machine's matrix multiply rate in GFLOP/s: the median of `repeat`
+/// products of two `size x size` matrices of `dtype`, after one warm-up.
+pub fn matmul_peak(device: &Device, dtype: DType, size: usize, repeat: usize) -> Result<f64> {
+    let mut rng = Rng::new(1);
+    let a = randn(&mut rng, &[size, size], device)?.to_dtype(dtype)?;
+    let b = randn(&mut rng, &[size, size], device)?.to_dtype(dtype)?;
+    a.matmul(&b)?;
+    synchronize(device)?;
+    let mut times = Vec::with_capacity(repeat);
+    for _ in 0..repeat.max(1) {
+        let t0 = Instant::now();
+        let c = a.matmul(&b)?;
+        synchronize(device)?;
+        times.push(t0.elapsed().as_secs_f64());
+        drop(c);
+    }
+    let (median, _) = median_p90(&mut times);
+    Ok(2.0 * (size as f64).powi(3) / median / 1e9)
+}
+
+/// Resets the process's peak resident memory (Linux: `/proc/self/clear_refs`);
+/// false where that is not possible.
+pub fn reset_peak_memory() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Peak resident memory of the process since the last reset, in bytes
+/// (Linux: `VmHWM`); `None` elsewhere.
+pub fn peak_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Resident memory now, in bytes (Linux: `VmRSS`).
+pub fn resident_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// One benchmark case.
+#[derive(Clone, Debug)]
+pub struct StepCase {
+    pub preset: String,
+    pub dit: DitConfig,
+    /// Patch grid `(t, h, w)`; tokens per clip are its product.
+    pub grid: [usize; 3],
+    /// Clips per step (before guidance doubles it).
+    pub batch: usize,
+    /// Run the conditional and unconditional predictions of
+    /// classifier-free guidance as one batch of `2 * batch`.
+    pub guidance: bool,
+    pub dtype: DType,
+    pub repeat: usize,
+    pub warmup: usize,
+}
+
+/// What one case measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepReport {
+    pub preset: String,
+    pub device: String,
+    pub dtype: String,
+    pub grid: [usize; 3],
+    pub tokens: usize,
+    /// Clips in the forward (2x the batch with guidance).
+    pub forward_batch: usize,
+    pub guidance: bool,
+    pub repeat: usize,
+    pub median_ms: f64,
+    pub p90_ms: f64,
+    /// Video tokens denoised per second (all clips of the forward).
+    pub tokens_per_s: f64,
+    pub cost: StepCost,
+    /// Counted FLOPs over the median time, in GFLOP/s.
+    pub achieved_gflops: f64,
+    /// The machine's matrix multiply rate measured in this run, GFLOP/s.
+    pub matmul_peak_gflops: f64,
+    /// `achieved / peak`.
+    pub peak_fraction: f64,
+    /// Growth of the process's peak resident memory over the step (CPU,
+    /// Linux), or `None` where it cannot be read.
+    pub peak_memory_bytes: Option<u64>,
+}
+
+/// Times one DiT forward (random weights and inputs) for `case`.
+pub fn bench_step(case: &StepCase, device: &Device, matmul_peak_gflops: f64) -> Result<StepReport> {
+    let cfg = &case.dit;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, case.dtype, device);
+    let dit = Dit::new(cfg, vb)?;
+    let b = case.batch * if case.guidance { 2 } else { 1 };
+    let [lt, lh, lw] = latent_for_grid(case.grid, cfg.patch);
+    let mut rng = Rng::new(7);
+    let x = randn(&mut rng, &[b, cfg.latent_channels, lt, lh, lw], device)?.to_dtype(case.dtype)?;
+    let t = Tensor::from_vec(vec![0.5f32; b], b, device)?.to_dtype(case.dtype)?;
+    let context =
+        randn(&mut rng, &[b, cfg.context_len, cfg.context_dim], device)?.to_dtype(case.dtype)?;
+    let pooled = randn(&mut rng, &[b, cfg.context_dim], device)?.to_dtype(case.dtype)?;
+    let keep = Tensor::ones((b, cfg.context_len), case.dtype, device)?;
+    let step = || -> Result<Tensor> { dit.forward(&x, &t, &context, &pooled, &keep) };
+    for _ in 0..case.warmup {
+        step()?;
+    }
+    synchronize(device)?;
+    let before = resident_memory();
+    let can_reset = device.is_cpu() && reset_peak_memory();
+    let mut times = Vec::with_capacity(case.repeat);
+    for _ in 0..case.repeat.max(1) {
+        let t0 = Instant::now();
+        let out = step()?;
+        synchronize(device)?;
+        times.push(t0.elapsed().as_secs_f64());
+        drop(out);
+    }
+    let peak = match (can_reset, before, peak_memory()) {
+        (true, Some(before), Some(peak)) => Some(peak.saturating_sub(before)),
+        _ => None,
+    };
+    let (median, p90) = median_p90(&mut times);
+    let tokens = case.grid.iter().product::<usize>();
+    let cost = cfg.step_cost(tokens, b);
+    let achieved = cost.total_flops as f64 / median / 1e9;
+    Ok(StepReport {
+        preset: case.preset.clone(),
+        device: if device.is_cpu() { "cpu" } else { "cuda" }.into(),
+        dtype: format!("{:?}", case.dtype).to_lowercase(),
+        grid: case.grid,
+        tokens,
+        forward_batch: b,
+        guidance: case.guidance,
+        repeat: times.len(),
+        median_ms: median * 1e3,
+        p90_ms: p90 * 1e3,
+        tokens_per_s: (tokens * b) as f64 / median,
+        cost,
+        achieved_gflops: achieved,
+        matmul_peak_gflops,
+        peak_fraction: achieved / matmul_peak_gflops,
+        peak_memory_bytes: peak,
+    })
+}
+
+/// A DiT of `dit` with every weight random, the zero-initialised adaLN and
+/// output layers included (a fresh DiT outputs zeros, which would make a
+/// parity check vacuous): `N(0, 1 / fan_in)` for matrices, `N(0, 0.02^2)`
+/// for vectors.
+pub fn random_dit(dit: &DitConfig, seed: u64, device: &Device) -> Result<(Dit, VarMap)> {
+    let varmap = VarMap::new();
+    let model = Dit::new(dit, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| crate::Error::Invalid("variable map poisoned".into()))?;
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for (i, name) in names.into_iter().enumerate() {
+        let var = &vars[name];
+        let dims = var.dims().to_vec();
+        let std = if dims.len() >= 2 {
+            1.0 / (dims[1..].iter().product::<usize>() as f64).sqrt()
+        } else {
+            0.02
+        };
+        var.set(&(randn(&mut Rng::derive(seed, i as u64), &dims, device)? * std)?)?;
+    }
+    drop(vars);
+    Ok((model, varmap))
+}
+
+/// Writes what a peer implementation needs to check itself against
+/// minisora's DiT on the CPU in f32: `config.json` (the DiT's configuration,
+/// grid, latent size and batch), `weights.safetensors` (random weights,
+/// [`random_dit`]), `inputs.safetensors` (`x`, `t`, `context`, `pooled`,
+/// `keep`, with the last caption position padded) and `output.safetensors`
+/// (`out`, minisora's prediction).
+pub fn export(
+    dit: &DitConfig,
+    grid: [usize; 3],
+    batch: usize,
+    dir: &std::path::Path,
+) -> Result<()> {
+    use crate::checkpoint::{write_json, write_tensors};
+    use std::collections::HashMap;
+    let device = Device::Cpu;
+    let (model, varmap) = random_dit(dit, 11, &device)?;
+    let [lt, lh, lw] = latent_for_grid(grid, dit.patch);
+    let mut rng = Rng::new(12);
+    let x = randn(&mut rng, &[batch, dit.latent_channels, lt, lh, lw], &device)?;
+    let t = Tensor::from_vec(
+        (0..batch)
+            .map(|i| (i as f32 + 0.5) / batch as f32)
+            .collect::<Vec<_>>(),
+        batch,
+        &device,
+    )?;
+    let context = randn(
+        &mut rng,
+        &[batch, dit.context_len, dit.context_dim],
+        &device,
+    )?;
+    let pooled = randn(&mut rng, &[batch, dit.context_dim], &device)?;
+    let l = dit.context_len;
+    let keep: Vec<f32> = (0..batch * l)
+        .map(|j| if j % l == l - 1 && l > 1 { 0.0 } else { 1.0 })
+        .collect();
+    let keep = Tensor::from_vec(keep, (batch, l), &device)?;
+    let out = model.forward(&x, &t, &context, &pooled, &keep)?;
+    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+    write_json(
+        &dir.join("config.json"),
+        &serde_json::json!({
+            "dit": dit,
+            "grid": grid,
+            "latent": [lt, lh, lw],
+            "batch": batch,
+        }),
+    )?;
+    write_tensors(
+        &dir.join("weights.safetensors"),
+        &crate::checkpoint::named_tensors(&varmap)?,
+    )?;
+    let inputs: HashMap<String, Tensor> = [
+        ("x", x),
+        ("t", t),
+        ("context", context),
+        ("pooled", pooled),
+        ("keep", keep),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    write_tensors(&dir.join("inputs.safetensors"), &inputs)?;
+    write_tensors(
+        &dir.join("output.safetensors"),
+        &HashMap::from([("out".to_string(), out)]),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grids_multiply_to_the_tokens_and_stay_near_cubes() {
+        for n in [1, 7, 64, 128, 256, 1000, 1024, 4096, 16384, 32768] {
+            let g = grid_for_tokens(n).unwrap();
+            assert_eq!(g.iter().product::<usize>(), n, "{n}: {g:?}");
+        }
+        assert_eq!(grid_for_tokens(64).unwrap(), [4, 4, 4]);
+        assert_eq!(grid_for_tokens(128).unwrap(), [4, 4, 8]);
+        assert_eq!(grid_for_tokens(7).unwrap(), [1, 1, 7]);
+        assert!(grid_for_tokens(0).is_err());
+    }
+
+    #[test]
+    fn median_and_p90_by_hand() {
+        let mut v = vec![5.0, 1.0, 3.0, 2.0, 4.0, 10.0, 6.0, 7.0, 8.0, 9.0, 11.0];
+        assert_eq!(median_p90(&mut v), (6.0, 10.0));
+    }
+}
