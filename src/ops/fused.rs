@@ -6,7 +6,9 @@
 //! passes over the whole tensor (LayerNorm + modulation: 9 forward, about 20
 //! backward; GELU's backward alone: 12), each allocating its output. Here
 //! each is one pass forward and one backward. CPU f32 only; any other device
-//! or dtype takes the reference path, which tests compare these with.
+//! or dtype takes the reference path, which tests compare these with. Set
+//! `MINISORA_REFERENCE_OPS` in the environment to take the reference path
+//! everywhere (to compare whole runs).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 

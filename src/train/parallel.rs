@@ -42,8 +42,8 @@ pub struct ShardedStep {
     pub figures: Vec<f64>,
 }
 
-/// The shards a run uses unless told otherwise: 2 for an even batch, else
-/// 1. A fixed rule rather than the machine's core count, so that the same
+/// The shards a run uses unless told otherwise: 2 for an even batch, else 1.
+/// A fixed rule rather than the machine's core count, so that the same
 /// command gives the same weights on any machine.
 pub fn default_shards(batch: usize) -> usize {
     if batch % 2 == 0 {
@@ -52,6 +52,9 @@ pub fn default_shards(batch: usize) -> usize {
         1
     }
 }
+
+/// One shard's gradients, loss and figures.
+type ShardOutcome = (GradStore, f64, Vec<f64>);
 
 /// Threads worth using for `shards` shards here: one per core, at most one
 /// per shard.
@@ -71,21 +74,20 @@ where
     if shards == 0 {
         invalid!("a step needs at least one shard");
     }
-    let run_one = |shard: usize| -> Result<(GradStore, f64, Vec<f64>)> {
+    let run_one = |shard: usize| -> Result<ShardOutcome> {
         let out = pass(shard)?;
         let value = out.loss.to_scalar::<f32>()? as f64;
         Ok((out.loss.backward()?, value, out.figures))
     };
     let threads = threads.clamp(1, shards);
-    let mut results: Vec<Option<Result<(GradStore, f64, Vec<f64>)>>> =
-        (0..shards).map(|_| None).collect();
+    let mut results: Vec<Option<Result<ShardOutcome>>> = (0..shards).map(|_| None).collect();
     if threads == 1 {
         for (shard, slot) in results.iter_mut().enumerate() {
             *slot = Some(run_one(shard));
         }
     } else {
         // thread j runs shards j, j + threads, j + 2 * threads, ...
-        let done: Vec<Vec<(usize, Result<(GradStore, f64, Vec<f64>)>)>> = thread::scope(|s| {
+        let done: Vec<Vec<(usize, Result<ShardOutcome>)>> = thread::scope(|s| {
             let handles: Vec<_> = (0..threads)
                 .map(|j| {
                     let run_one = &run_one;
@@ -202,7 +204,7 @@ mod tests {
     #[test]
     fn a_failing_shard_fails_the_step() {
         let w = Var::new(&[1.0f32], &Device::Cpu).unwrap();
-        let r = sharded_grads(2, 2, &[w.clone()], |s| {
+        let r = sharded_grads(2, 2, std::slice::from_ref(&w), |s| {
             if s == 1 {
                 invalid!("shard one broke");
             }

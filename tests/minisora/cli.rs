@@ -619,3 +619,33 @@ fn bench_times_a_tiny_step_and_its_json_has_every_field() {
         text(&o)
     );
 }
+
+#[test]
+fn the_shipped_model_loads_and_generates() {
+    // no --checkpoint: samples/model, found from any working directory
+    let dir = tempfile::tempdir().unwrap();
+    let o = minisora(
+        &[
+            "generate",
+            "a red circle moving right",
+            "--steps",
+            "2",
+            "-o",
+            "g.gif",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let frames = minisora::video::read(&dir.path().join("g.gif"), &Default::default()).unwrap();
+    assert_eq!(frames.dim().0, 16);
+    // its vocabulary is Shapes World's: other words are refused by name
+    let o = minisora(
+        &["generate", "a red dog moving right", "-o", "x.gif"],
+        dir.path(),
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("\"dog\""),
+        "{}",
+        text(&o)
+    );
+}
