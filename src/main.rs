@@ -1076,10 +1076,16 @@ fn generate(args: GenerateArgs) -> Result<()> {
             video::write(&steps_path, &strip.view(), &write)?;
         }
         bar.inc(1);
-        bar.println(format!(
+        let line = format!(
             "\"{prompt}\" -> {}",
             video::describe(out, &g.frames.view(), &write)
-        ));
+        );
+        // a hidden bar (output not a terminal) would swallow the line
+        if bar.is_hidden() {
+            println!("{line}");
+        } else {
+            bar.println(line);
+        }
     }
     bar.finish_and_clear();
     Ok(())

@@ -635,7 +635,12 @@ fn the_shipped_model_loads_and_generates() {
         ],
         dir.path(),
     );
-    assert!(o.status.success(), "{}", text(&o));
+    // says what it wrote, also when the output is not a terminal
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("-> g.gif: 16 frames"),
+        "{}",
+        text(&o)
+    );
     let frames = minisora::video::read(&dir.path().join("g.gif"), &Default::default()).unwrap();
     assert_eq!(frames.dim().0, 16);
     // its vocabulary is Shapes World's: other words are refused by name
