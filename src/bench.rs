@@ -1,8 +1,11 @@
 //! What a denoising step costs: latency of one DiT forward measured after
 //! warm-up, its FLOPs counted from the shapes ([`DitConfig::step_cost`]),
 //! the FLOP rate that makes, and that rate against the machine's own matrix
-//! multiply peak, measured by [`matmul_peak`] in the same run.
+//! multiply peak, measured by [`matmul_peak`] in the same run; and the heap
+//! a step holds at its peak, counted by [`CountingAlloc`].
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -76,27 +79,62 @@ pub fn matmul_peak(device: &Device, dtype: DType, size: usize, repeat: usize) ->
     Ok(2.0 * (size as f64).powi(3) / median / 1e9)
 }
 
-/// Resets the process's peak resident memory (Linux: `/proc/self/clear_refs`);
-/// false where that is not possible.
-pub fn reset_peak_memory() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+/// A global allocator that counts the bytes live on the heap and their peak,
+/// so that a benchmark can report what a step really holds. The `minisora`
+/// binary installs it (`#[global_allocator]`); where it is not installed the
+/// counters stay at zero and [`bench_step`] reports no peak.
+pub struct CountingAlloc;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the
+// counters only observe sizes.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            INSTALLED.store(true, Ordering::Relaxed);
+            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(live, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            let live = LIVE.fetch_add(new_size, Ordering::Relaxed) + new_size;
+            PEAK.fetch_max(live, Ordering::Relaxed);
+        }
+        p
+    }
 }
 
-/// Peak resident memory of the process since the last reset, in bytes
-/// (Linux: `VmHWM`); `None` elsewhere.
-pub fn peak_memory() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+/// Bytes live on the heap now, if [`CountingAlloc`] is installed.
+pub fn heap_live() -> Option<usize> {
+    INSTALLED
+        .load(Ordering::Relaxed)
+        .then(|| LIVE.load(Ordering::Relaxed))
 }
 
-/// Resident memory now, in bytes (Linux: `VmRSS`).
-pub fn resident_memory() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+/// Starts a new peak at the current live bytes.
+pub fn reset_heap_peak() {
+    PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+}
+
+/// The peak of live heap bytes since [`reset_heap_peak`], if counted.
+pub fn heap_peak() -> Option<usize> {
+    INSTALLED
+        .load(Ordering::Relaxed)
+        .then(|| PEAK.load(Ordering::Relaxed))
 }
 
 /// One benchmark case.
@@ -139,8 +177,9 @@ pub struct StepReport {
     pub matmul_peak_gflops: f64,
     /// `achieved / peak`.
     pub peak_fraction: f64,
-    /// Growth of the process's peak resident memory over the step (CPU,
-    /// Linux), or `None` where it cannot be read.
+    /// Heap bytes a step holds at its peak beyond what was live before it
+    /// (weights and inputs excluded): CPU, with [`CountingAlloc`]
+    /// installed; `None` otherwise.
     pub peak_memory_bytes: Option<u64>,
 }
 
@@ -164,8 +203,8 @@ pub fn bench_step(case: &StepCase, device: &Device, matmul_peak_gflops: f64) -> 
         step()?;
     }
     synchronize(device)?;
-    let before = resident_memory();
-    let can_reset = device.is_cpu() && reset_peak_memory();
+    let before = heap_live();
+    reset_heap_peak();
     let mut times = Vec::with_capacity(case.repeat);
     for _ in 0..case.repeat.max(1) {
         let t0 = Instant::now();
@@ -174,8 +213,8 @@ pub fn bench_step(case: &StepCase, device: &Device, matmul_peak_gflops: f64) -> 
         times.push(t0.elapsed().as_secs_f64());
         drop(out);
     }
-    let peak = match (can_reset, before, peak_memory()) {
-        (true, Some(before), Some(peak)) => Some(peak.saturating_sub(before)),
+    let peak = match (device.is_cpu(), before, heap_peak()) {
+        (true, Some(before), Some(peak)) => Some(peak.saturating_sub(before) as u64),
         _ => None,
     };
     let (median, p90) = median_p90(&mut times);

@@ -14,6 +14,10 @@ use minisora::patch::{PatchSize, Remainder};
 use minisora::rng::Rng;
 use minisora::video::{self, WriteOptions};
 
+/// Counts heap bytes so that `minisora bench` can report a step's peak memory.
+#[global_allocator]
+static ALLOC: minisora::bench::CountingAlloc = minisora::bench::CountingAlloc;
+
 #[derive(Parser)]
 #[command(
     name = "minisora",
@@ -66,7 +70,8 @@ enum Command {
         after_help = "Each case builds a DiT of the preset with random weights and times \
         one forward on random latents after warm-up: median and p90 latency, counted FLOPs \
         (attention, projections, MLP), achieved GFLOP/s and that as a fraction of a large matrix \
-        multiply measured in the same run, and the growth of peak memory over the timed steps.\n\n\
+        multiply measured in the same run, and the heap a step holds at its peak beyond its weights \
+        and inputs (counted by an allocator wrapper).\n\n\
         Examples:\n  minisora bench\n  minisora bench --preset default --preset S --tokens 128 --tokens 512\n  \
         minisora bench --preset S --frames 16 --height 64 --width 64 --json"
     )]

@@ -611,6 +611,8 @@ fn bench_times_a_tiny_step_and_its_json_has_every_field() {
             assert!(case["cost"][field].as_u64().unwrap() > 0, "{field}");
         }
         assert!(case["median_ms"].as_f64().unwrap() > 0.0);
+        // the binary counts heap bytes: a step holds some at its peak
+        assert!(case["peak_memory_bytes"].as_u64().unwrap() > 0, "{case}");
     }
     let o = minisora(&["bench", "--preset", "tiny", "--dtype", "f64"], dir.path());
     assert!(
