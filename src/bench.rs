@@ -79,23 +79,24 @@ pub fn matmul_peak(device: &Device, dtype: DType, size: usize, repeat: usize) ->
     Ok(2.0 * (size as f64).powi(3) / median / 1e9)
 }
 
-/// A global allocator that counts the bytes live on the heap and their peak,
-/// so that a benchmark can report what a step really holds. The `minisora`
-/// binary installs it (`#[global_allocator]`); where it is not installed the
-/// counters stay at zero and [`bench_step`] reports no peak.
+/// A global allocator that can count the bytes live on the heap and their
+/// peak, so that a benchmark can report what a step really holds. The
+/// `minisora` binary installs it (`#[global_allocator]`); it counts only
+/// after [`count_heap`] (one relaxed load per allocation otherwise, so other
+/// commands do not pay for shared counters). Where it is not installed or not
+/// counting, [`bench_step`] reports no peak.
 pub struct CountingAlloc;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
-static INSTALLED: AtomicBool = AtomicBool::new(false);
+static COUNTING: AtomicBool = AtomicBool::new(false);
 
 // SAFETY: every call is forwarded to the system allocator unchanged; the
 // counters only observe sizes.
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            INSTALLED.store(true, Ordering::Relaxed);
+        if !p.is_null() && COUNTING.load(Ordering::Relaxed) {
             let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
             PEAK.fetch_max(live, Ordering::Relaxed);
         }
@@ -104,13 +105,20 @@ unsafe impl GlobalAlloc for CountingAlloc {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        if COUNTING.load(Ordering::Relaxed) {
+            // saturating: blocks allocated before counting began come back too
+            let _ = LIVE.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(layout.size()))
+            });
+        }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        if !p.is_null() && COUNTING.load(Ordering::Relaxed) {
+            let _ = LIVE.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(layout.size()))
+            });
             let live = LIVE.fetch_add(new_size, Ordering::Relaxed) + new_size;
             PEAK.fetch_max(live, Ordering::Relaxed);
         }
@@ -118,21 +126,32 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 }
 
-/// Bytes live on the heap now, if [`CountingAlloc`] is installed.
+/// Starts counting heap bytes from zero (what is live already is not
+/// counted, and freeing it does not go below zero). Returns whether the
+/// counting allocator is installed, found by watching one allocation.
+pub fn count_heap() -> bool {
+    LIVE.store(0, Ordering::Relaxed);
+    PEAK.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::Relaxed);
+    let probe = std::hint::black_box(Box::new(0u64));
+    let installed = LIVE.load(Ordering::Relaxed) > 0;
+    drop(probe);
+    if !installed {
+        COUNTING.store(false, Ordering::Relaxed);
+    }
+    installed
+}
+
+/// Bytes allocated and not freed since [`count_heap`], if counting.
 pub fn heap_live() -> Option<usize> {
-    INSTALLED
+    COUNTING
         .load(Ordering::Relaxed)
         .then(|| LIVE.load(Ordering::Relaxed))
 }
 
-/// Starts a new peak at the current live bytes.
-pub fn reset_heap_peak() {
-    PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
-}
-
-/// The peak of live heap bytes since [`reset_heap_peak`], if counted.
+/// The peak of live heap bytes since [`count_heap`], if counting.
 pub fn heap_peak() -> Option<usize> {
-    INSTALLED
+    COUNTING
         .load(Ordering::Relaxed)
         .then(|| PEAK.load(Ordering::Relaxed))
 }
@@ -203,8 +222,8 @@ pub fn bench_step(case: &StepCase, device: &Device, matmul_peak_gflops: f64) -> 
         step()?;
     }
     synchronize(device)?;
+    let counting = device.is_cpu() && count_heap();
     let before = heap_live();
-    reset_heap_peak();
     let mut times = Vec::with_capacity(case.repeat);
     for _ in 0..case.repeat.max(1) {
         let t0 = Instant::now();
@@ -213,7 +232,7 @@ pub fn bench_step(case: &StepCase, device: &Device, matmul_peak_gflops: f64) -> 
         times.push(t0.elapsed().as_secs_f64());
         drop(out);
     }
-    let peak = match (device.is_cpu(), before, heap_peak()) {
+    let peak = match (counting, before, heap_peak()) {
         (true, Some(before), Some(peak)) => Some(peak.saturating_sub(before) as u64),
         _ => None,
     };

@@ -307,9 +307,8 @@ struct TrainModelArgs {
     /// Seed of both stages' data order, initial weights and noise
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Parts each batch is cut into, trained side by side on one thread per core [default: 2 for an even batch, else 1]
-    #[arg(long)]
-    shards: Option<usize>,
+    #[command(flatten)]
+    shards: ShardArgs,
     /// Run folder
     #[arg(long, default_value = "runs/model")]
     out: PathBuf,
@@ -352,10 +351,8 @@ struct TrainDitArgs {
     seed: u64,
     #[command(flatten)]
     clip: ClipArgs,
-    /// Parts each batch is cut into, trained side by side on one thread per
-    /// core (changes results only by rounding) [default: 2 for an even batch, else 1]
-    #[arg(long)]
-    shards: Option<usize>,
+    #[command(flatten)]
+    shards: ShardArgs,
     /// Steps between checkpoints
     #[arg(long, default_value_t = 250)]
     checkpoint_every: u64,
@@ -411,10 +408,8 @@ struct TrainVaeArgs {
     seed: u64,
     #[command(flatten)]
     clip: ClipArgs,
-    /// Parts each batch is cut into, trained side by side on one thread per
-    /// core (changes results only by rounding) [default: 2 for an even batch, else 1]
-    #[arg(long)]
-    shards: Option<usize>,
+    #[command(flatten)]
+    shards: ShardArgs,
     /// Steps between checkpoints
     #[arg(long, default_value_t = 200)]
     checkpoint_every: u64,
@@ -427,6 +422,23 @@ struct TrainVaeArgs {
     /// Stop after this step (with a checkpoint), to continue later with --resume
     #[arg(long)]
     stop_at: Option<u64>,
+}
+
+/// How a training batch is split across cores.
+#[derive(Args)]
+struct ShardArgs {
+    /// Parts each batch is cut into, trained side by side on one thread per
+    /// core (changes results only by rounding) [default: 2 for an even batch, else 1]
+    #[arg(long = "shards", value_name = "N")]
+    count: Option<usize>,
+}
+
+impl ShardArgs {
+    /// The shards for batches of `batch`.
+    fn for_batch(&self, batch: usize) -> usize {
+        self.count
+            .unwrap_or(minisora::train::parallel::default_shards(batch))
+    }
 }
 
 /// Changes to the preset's autoencoder, for experiments.
@@ -714,9 +726,7 @@ fn train_vae(args: TrainVaeArgs) -> Result<()> {
         height: args.clip.height,
         width: args.clip.width,
         checkpoint_every: args.checkpoint_every.max(1),
-        shards: args
-            .shards
-            .unwrap_or(minisora::train::parallel::default_shards(args.batch)),
+        shards: args.shards.for_batch(args.batch),
         ema_decay: args.ema,
     };
     let command: Vec<String> = std::env::args().collect();
@@ -758,9 +768,7 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
         height: args.clip.height,
         width: args.clip.width,
         checkpoint_every: args.checkpoint_every.max(1),
-        shards: args
-            .shards
-            .unwrap_or(minisora::train::parallel::default_shards(args.batch)),
+        shards: args.shards.for_batch(args.batch),
         ema_decay: args.ema,
     };
     let job = dit::DitJob {
@@ -957,9 +965,7 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
         height: canvas.height,
         width: canvas.width,
         checkpoint_every,
-        shards: args
-            .shards
-            .unwrap_or(minisora::train::parallel::default_shards(batch)),
+        shards: args.shards.for_batch(batch),
         ema_decay,
     };
     let plan = ModelPlan {

@@ -16,7 +16,9 @@ use super::gather::contiguous_f32;
 use crate::{invalid, Result};
 
 fn fused_ok(ts: &[&Tensor]) -> bool {
-    if std::env::var_os("MINISORA_REFERENCE_OPS").is_some() {
+    // read once: this runs for every op of every step
+    static REFERENCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *REFERENCE.get_or_init(|| std::env::var_os("MINISORA_REFERENCE_OPS").is_some()) {
         return false;
     }
     ts.iter()
