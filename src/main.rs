@@ -131,8 +131,9 @@ struct SamplingArgs {
     #[arg(long, default_value_t = 3.0)]
     cfg: f64,
     /// Timestep shift (1 = uniform steps; >1 spends more steps at high noise)
-    #[arg(long, default_value_t = 1.0)]
-    shift: f64,
+    /// [default: the shift the model was trained with]
+    #[arg(long)]
+    shift: Option<f64>,
 }
 
 impl SamplingArgs {
@@ -226,6 +227,46 @@ enum BenchCommand {
         against minisora's.\n\nExample:\n  minisora bench export --preset S --tokens 256 --out /tmp/parity"
     )]
     Export(BenchExportArgs),
+    /// Prompt adherence against time: every sampler at every step count, scored as `minisora eval` scores
+    #[command(
+        after_help = "For each sampler and step count, generates the clips of one fixed set of held-out \
+        prompts (--count of each kind, the same for every point), scores them with minisora eval's \
+        detector, and reports the pass rate with the wall time per clip (the point's evaluation time \
+        over its clips, one clip in flight per core). Prints a table (or --json) and draws the PNG \
+        plot --plot: pass rate against seconds per clip, one line per sampler.\n\nExample:\n  \
+        minisora bench steps --samplers euler,heun,dpm++2m --steps 2,4,8,16,32 --plot steps.png"
+    )]
+    Steps(BenchStepsArgs),
+}
+
+#[derive(Args)]
+struct BenchStepsArgs {
+    /// Text-to-video checkpoint [default: the shipped samples/model]
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Samplers to compare, separated by commas (euler, heun, dpm++2m)
+    #[arg(long, value_delimiter = ',', default_value = "euler,heun,dpm++2m")]
+    samplers: Vec<String>,
+    /// Step counts to try, separated by commas
+    #[arg(long, default_value = "2,4,8,16,32")]
+    steps: String,
+    /// Held-out prompts of each kind (one object, two objects) per point
+    #[arg(long, default_value_t = 25)]
+    count: usize,
+    /// Classifier-free guidance scale (1 = none)
+    #[arg(long, default_value_t = 3.0)]
+    cfg: f64,
+    /// Timestep shift [default: the shift the model was trained with]
+    #[arg(long)]
+    shift: Option<f64>,
+    #[command(flatten)]
+    clip: ClipArgs,
+    /// Where to draw the plot (PNG)
+    #[arg(long, default_value = "bench-steps.png")]
+    plot: PathBuf,
+    /// Print JSON instead of the table
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -343,6 +384,11 @@ struct TrainDitArgs {
     /// Probability of training on the null caption (enables guidance)
     #[arg(long, default_value_t = 0.1)]
     cfg_dropout: f64,
+    /// Timestep shift of the training times (1 = plain logit-normal; >1 trains
+    /// more at high noise, where an object's place and motion are decided).
+    /// Recorded in the checkpoint as the sampling default.
+    #[arg(long, default_value_t = DIT_TIME_SHIFT)]
+    time_shift: f64,
     /// Decay of the weights' moving average used for sampling
     #[arg(long, default_value_t = 0.999)]
     ema: f64,
@@ -706,9 +752,12 @@ fn finish_run(bar: &ProgressBar, outcome: &minisora::train::TrainOutcome, steps:
 }
 
 /// The shipped autoencoder's schedule floor and weight average (`train vae`
-/// and `train model` defaults).
+/// and `train model` defaults). No average: a 0.999 average cost the
+/// autoencoder 0.9 dB of PSNR (samples/vae/card.md).
 const VAE_LR_FLOOR: f64 = 0.05;
-const VAE_EMA: f64 = 0.999;
+const VAE_EMA: f64 = 0.0;
+/// The timestep shift the DiT trains with (`train dit` and `train model`).
+const DIT_TIME_SHIFT: f64 = 3.0;
 
 fn train_vae(args: TrainVaeArgs) -> Result<()> {
     use minisora::train::{vae, RunConfig};
@@ -777,6 +826,7 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
         run,
         vae_dir: &args.vae,
         cfg_dropout: args.cfg_dropout,
+        time_shift: args.time_shift,
     };
     let session = Session {
         resume: args.resume,
@@ -828,8 +878,94 @@ fn bench(args: BenchArgs) -> Result<()> {
             );
             Ok(())
         }
+        Some(BenchCommand::Steps(a)) => bench_steps(a),
         None => bench_step(args.step),
     }
+}
+
+fn bench_steps(args: BenchStepsArgs) -> Result<()> {
+    use minisora::bench::{plot, steps};
+    let step_counts = steps::parse_steps(&args.steps)?;
+    if args.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let (meta, model, vae) = load_model(&args.checkpoint)?;
+    let prompts = minisora::eval::held_out_prompts(args.count);
+    let base = minisora::pipeline::SampleOptions {
+        seed: 0,
+        steps: 1,
+        sampler: String::new(),
+        cfg: args.cfg,
+        shift: args.shift,
+        canvas: args.clip.canvas()?,
+    };
+    let points_total = args.samplers.len() * step_counts.len();
+    let bar = progress_bar((points_total * prompts.len()) as u64, 0)?;
+    let threads = minisora::train::parallel::worker_threads(prompts.len());
+    let points = steps::sweep(
+        &model,
+        &meta,
+        &vae,
+        &prompts,
+        &args.samplers,
+        &step_counts,
+        &base,
+        &Device::Cpu,
+        threads,
+        |point, done| bar.set_position((point * prompts.len() + done) as u64),
+    )?;
+    bar.finish_and_clear();
+    let shift = args.shift.unwrap_or(meta.time_shift);
+    let title = format!(
+        "{} prompts ({} of each kind), guidance {}, shift {}",
+        prompts.len(),
+        args.count,
+        args.cfg,
+        shift
+    );
+    plot::draw_sweep(&points, &title, &args.plot)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&points)?);
+        return Ok(());
+    }
+    println!("{title}; {threads} clips in flight");
+    println!(
+        "{:<8} {:>5} {:>6} {:>8} {:>6} {:>6} {:>6} {:>7} {:>6} {:>6} {:>7}",
+        "sampler",
+        "steps",
+        "calls",
+        "s/clip",
+        "pass",
+        "1-obj",
+        "2-obj",
+        "colour",
+        "shape",
+        "size",
+        "motion"
+    );
+    let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.0}%", 100.0 * v));
+    for p in &points {
+        let a = &p.adherence;
+        println!(
+            "{:<8} {:>5} {:>6} {:>8.3} {:>6} {:>6} {:>6} {:>7} {:>6} {:>6} {:>7}",
+            p.sampler,
+            p.steps,
+            p.model_calls,
+            p.seconds_per_clip,
+            pct(Some(a.pass_rate)),
+            pct(a.one_object_pass),
+            pct(a.two_object_pass),
+            pct(Some(a.colour)),
+            pct(Some(a.shape)),
+            pct(Some(a.size)),
+            pct(Some(a.motion)),
+        );
+    }
+    println!(
+        "calls: DiT calls per clip (guidance runs both predictions as one batch); s/clip: the point's wall time over its clips"
+    );
+    println!("plot: {}", args.plot.display());
+    Ok(())
 }
 
 fn bench_step(args: BenchStepArgs) -> Result<()> {
@@ -991,6 +1127,7 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
             0.999,
         ),
         cfg_dropout: 0.1,
+        time_shift: DIT_TIME_SHIFT,
     };
     let session = Session {
         resume: args.resume,
@@ -1151,12 +1288,13 @@ fn eval(args: EvalArgs) -> Result<()> {
     }
     let pct = |v: f64| format!("{:.1}%", 100.0 * v);
     println!(
-        "prompts      {} ({} objects), {} steps of {}, guidance {}",
+        "prompts      {} ({} objects), {} steps of {}, guidance {}, shift {}",
         report.prompts,
         report.objects,
         args.sampling.steps,
         args.sampling.sampler,
-        args.sampling.cfg
+        args.sampling.cfg,
+        args.sampling.shift.unwrap_or(meta.time_shift)
     );
     println!("colour       {}", pct(report.colour));
     println!("shape        {}", pct(report.shape));
@@ -1337,11 +1475,18 @@ fn data(args: DataArgs) -> Result<()> {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Train(_) | Command::Eval(_))
-        && std::env::var_os("RAYON_NUM_THREADS").is_none()
-    {
-        // Training runs its batch shards, and eval its prompts, on one
-        // thread per core (train::parallel); candle's matrix multiply must
+    let clip_threads = matches!(
+        cli.command,
+        Command::Train(_)
+            | Command::Eval(_)
+            | Command::Bench(BenchArgs {
+                command: Some(BenchCommand::Steps(_)),
+                ..
+            })
+    );
+    if clip_threads && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // Training runs its batch shards, and eval and bench steps their
+        // prompts, on one thread per core (train::parallel); candle's matrix multiply must
         // then stay on its caller's thread. Set here, before any other
         // thread exists.
         std::env::set_var("RAYON_NUM_THREADS", "1");

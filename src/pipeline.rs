@@ -25,8 +25,9 @@ pub struct SampleOptions {
     pub sampler: String,
     /// Guidance scale; 1 is the conditional prediction alone.
     pub cfg: f64,
-    /// Timestep shift (1 = uniform steps).
-    pub shift: f64,
+    /// Timestep shift (1 = uniform steps); `None`: the shift the model was
+    /// trained with.
+    pub shift: Option<f64>,
     pub canvas: Canvas,
 }
 
@@ -105,7 +106,11 @@ pub fn generate(
     )?;
     let mut state = SamplerState::default();
     let mut predictions = Vec::with_capacity(options.steps);
-    for w in timesteps(options.steps, options.shift).windows(2) {
+    let shift = options.shift.unwrap_or(meta.time_shift);
+    if !(shift.is_finite() && shift > 0.0) {
+        crate::invalid!("--shift must be a positive number, got {shift}");
+    }
+    for w in timesteps(options.steps, shift).windows(2) {
         x = sampler.step(&guided, &x, w[0], w[1], &mut state)?;
         if let Some(p) = guided.last_prediction.borrow().as_ref() {
             predictions.push(p.clone());

@@ -33,4 +33,9 @@ impl Sampler for Heun {
     fn evaluations_per_step(&self) -> usize {
         2
     }
+
+    /// The last step, to `t = 0`, makes one call.
+    fn evaluations(&self, steps: usize) -> usize {
+        (2 * steps).saturating_sub(1)
+    }
 }

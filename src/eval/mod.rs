@@ -28,6 +28,8 @@ pub struct AdherenceReport {
     pub shape: f64,
     pub size: f64,
     pub motion: f64,
+    /// Prompts (of either kind) whose every object passed.
+    pub pass_rate: f64,
     /// Prompts with one object whose every attribute was detected.
     pub one_object_pass: Option<f64>,
     pub two_object_pass: Option<f64>,
@@ -127,6 +129,7 @@ pub fn evaluate(
         shape: frac(sums[1], objects),
         size: frac(sums[2], objects),
         motion: frac(sums[3], objects),
+        pass_rate: frac(pass[0][1] + pass[1][1], prompts.len()),
         one_object_pass: rate(pass[0]),
         two_object_pass: rate(pass[1]),
     })

@@ -42,8 +42,17 @@ pub struct DitMeta {
     /// Probability that a training caption is replaced by the null caption,
     /// so the model also learns the unconditional velocity (for guidance).
     pub cfg_dropout: f64,
+    /// The timestep shift training times were drawn with
+    /// ([`crate::diffusion::logit_normal`]); sampling uses it too unless told
+    /// otherwise. Models from before it existed were trained unshifted.
+    #[serde(default = "unshifted")]
+    pub time_shift: f64,
     pub command: String,
     pub minisora_version: String,
+}
+
+fn unshifted() -> f64 {
+    1.0
 }
 
 /// The text encoder and DiT with their variables.
@@ -130,6 +139,8 @@ pub struct DitJob<'a> {
     /// The autoencoder checkpoint to train on (copied into the checkpoint).
     pub vae_dir: &'a Path,
     pub cfg_dropout: f64,
+    /// Timestep shift of the training times (1: plain logit-normal).
+    pub time_shift: f64,
 }
 
 /// Trains (or resumes) text encoder and DiT in `out` (`out/checkpoint/`,
@@ -143,6 +154,12 @@ pub fn train(
 ) -> Result<TrainOutcome> {
     let run = &job.run;
     run.validate()?;
+    if !(job.time_shift.is_finite() && job.time_shift > 0.0) {
+        invalid!(
+            "the time shift must be a positive number, got {}",
+            job.time_shift
+        );
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let ckpt_dir = out.join("checkpoint");
     checkpoint::recover(&ckpt_dir)?;
@@ -187,7 +204,11 @@ pub fn train(
             steps: run.steps,
             ..meta.run.clone()
         };
-        if meta.dit != job.dit || meta.text != text_cfg || same_run != *run {
+        if meta.dit != job.dit
+            || meta.text != text_cfg
+            || same_run != *run
+            || meta.time_shift != job.time_shift
+        {
             invalid!(
                 "cannot resume: {} was trained with other settings; only --steps may change",
                 ckpt_dir.display()
@@ -223,6 +244,7 @@ pub fn train(
         run: run.clone(),
         step,
         cfg_dropout: job.cfg_dropout,
+        time_shift: job.time_shift,
         command: session.command.clone(),
         minisora_version: env!("CARGO_PKG_VERSION").into(),
     };
@@ -250,7 +272,7 @@ pub fn train(
             .map(|_| rng.uniform() < job.cfg_dropout)
             .collect();
         let t = Tensor::from_vec(
-            logit_normal(&mut rng, run.batch, 0.0, 1.0),
+            logit_normal(&mut rng, run.batch, 0.0, 1.0, job.time_shift),
             run.batch,
             device,
         )?;

@@ -27,6 +27,7 @@ pub struct ModelPlan {
     pub text: TextConfig,
     pub dit_run: RunConfig,
     pub cfg_dropout: f64,
+    pub time_shift: f64,
 }
 
 /// The stage a progress report belongs to.
@@ -116,6 +117,7 @@ pub fn train(
         run: plan.dit_run.clone(),
         vae_dir: &vae_out.checkpoint,
         cfg_dropout: plan.cfg_dropout,
+        time_shift: plan.time_shift,
     };
     let dit_out = dit::train(&dit_dir, &job, &stage_session(&dit_dir), device, |r| {
         on_step(Stage::Dit, r)

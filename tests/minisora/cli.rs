@@ -656,3 +656,76 @@ fn the_shipped_model_loads_and_generates() {
         text(&o)
     );
 }
+
+#[test]
+fn bench_steps_scores_every_sampler_and_step_count_and_draws_the_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = minisora(
+        &[
+            "bench",
+            "steps",
+            "--samplers",
+            "euler,heun",
+            "--steps",
+            "1,2",
+            "--count",
+            "1",
+            "--plot",
+            "steps.png",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let points: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let points = points.as_array().unwrap();
+    let pairs: Vec<(String, u64, u64)> = points
+        .iter()
+        .map(|p| {
+            (
+                p["sampler"].as_str().unwrap().to_string(),
+                p["steps"].as_u64().unwrap(),
+                p["model_calls"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // Heun calls the model twice a step, except on its last step to t = 0
+    let expected = [
+        ("euler", 1, 1),
+        ("euler", 2, 2),
+        ("heun", 1, 1),
+        ("heun", 2, 3),
+    ];
+    assert_eq!(
+        pairs,
+        expected.map(|(s, n, c)| (s.to_string(), n, c)).to_vec()
+    );
+    for p in points {
+        assert!(p["seconds_per_clip"].as_f64().unwrap() > 0.0);
+        let a = &p["adherence"];
+        assert_eq!(a["prompts"], 2);
+        let pass = a["pass_rate"].as_f64().unwrap();
+        let (one, two) = (
+            a["one_object_pass"].as_f64().unwrap(),
+            a["two_object_pass"].as_f64().unwrap(),
+        );
+        assert_eq!(pass, (one + two) / 2.0);
+    }
+    let plot = image::open(dir.path().join("steps.png")).unwrap();
+    assert_eq!((plot.width(), plot.height()), (960, 600));
+    // bad step lists and samplers are named
+    for (args, needle) in [
+        (["--steps", "2,x"], "\"x\""),
+        (["--steps", "0"], "\"0\""),
+        (["--samplers", "ddim"], "ddim"),
+    ] {
+        let mut all = vec!["bench", "steps", "--count", "1"];
+        all.extend(args);
+        let o = minisora(&all, dir.path());
+        assert!(
+            !o.status.success() && text(&o).contains(needle),
+            "{}",
+            text(&o)
+        );
+    }
+}

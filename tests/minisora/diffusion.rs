@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Tensor};
 use minisora::diffusion::{
-    self, guide, interpolate, logit_normal, timesteps, Denoiser, SamplerState,
+    self, guide, interpolate, logit_normal, shift_time, timesteps, Denoiser, SamplerState,
 };
 use minisora::rng::Rng;
 use minisora::train::randn;
@@ -124,10 +124,21 @@ fn the_path_timesteps_and_training_times_are_as_defined() {
     assert_eq!(ts, [1.0, 0.75, 0.5, 0.25, 0.0]);
     let shifted = timesteps(4, 3.0);
     assert!(shifted[0] == 1.0 && shifted[4] == 0.0 && shifted[2] > 0.5);
-    let times = logit_normal(&mut Rng::new(1), 10_000, 0.0, 1.0);
+    let times = logit_normal(&mut Rng::new(1), 10_000, 0.0, 1.0, 1.0);
     assert!(times.iter().all(|&t| t > 0.0 && t < 1.0));
     let mean = times.iter().map(|&t| t as f64).sum::<f64>() / 1e4;
     assert!((mean - 0.5).abs() < 0.01);
+    // a shift of s moves the median from 1/2 to s / (1 + s) and keeps the order
+    let shifted = logit_normal(&mut Rng::new(1), 10_000, 0.0, 1.0, 3.0);
+    let median = |v: &[f32]| {
+        let mut v = v.to_vec();
+        v.sort_by(f32::total_cmp);
+        v[v.len() / 2] as f64
+    };
+    assert!((median(&times) - 0.5).abs() < 0.02);
+    assert!((median(&shifted) - 0.75).abs() < 0.02);
+    assert!(times.iter().zip(&shifted).all(|(a, b)| b >= a));
+    assert_eq!(shift_time(0.5, 3.0), 0.75);
     assert!(diffusion::sampler("ddim")
         .err()
         .unwrap()

@@ -84,6 +84,7 @@ fn job<'a>(vae_dir: &'a Path, run: RunConfig) -> DitJob<'a> {
         run,
         vae_dir,
         cfg_dropout: 0.1,
+        time_shift: 1.0,
     }
 }
 
@@ -122,7 +123,7 @@ fn a_tiny_model_learns_one_caption_and_generates_it() {
         steps: 20,
         sampler: "euler".into(),
         cfg: 1.0,
-        shift: 1.0,
+        shift: None,
         canvas: Canvas::new(4, 16, 16).unwrap(),
     };
     let g = generate(&model, &meta, &vae, caption.trim(), &options, &Device::Cpu).unwrap();
@@ -220,6 +221,16 @@ fn dit_training_resumes_exactly() {
     assert_eq!(read(&a), read(&b), "EMA weights differ after resume");
     let raw = |p: &Path| std::fs::read(p.join("checkpoint/train.safetensors")).unwrap();
     assert_eq!(raw(&a), raw(&b));
+    // the timestep shift is part of the run: resuming with another is refused
+    let shifted = dit::DitJob {
+        time_shift: 3.0,
+        ..job(&vae_dir, run(6, &data, 2, 1e-3))
+    };
+    let refused = dit::train(&b, &shifted, &session(true, None), &Device::Cpu, |_| ())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(refused.contains("other settings"), "{refused}");
     assert!(dit::load(&root.path().join("none"), &Device::Cpu)
         .err()
         .unwrap()

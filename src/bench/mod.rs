@@ -4,6 +4,9 @@
 //! multiply peak, measured by [`matmul_peak`] in the same run; and the heap
 //! a step holds at its peak, counted by [`CountingAlloc`].
 
+pub mod plot;
+pub mod steps;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
