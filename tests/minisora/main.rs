@@ -9,6 +9,7 @@ mod generate;
 mod inspect;
 mod parser;
 mod patch;
+mod peer;
 mod shapes_world;
 mod vae;
 mod video;
