@@ -237,6 +237,48 @@ enum BenchCommand {
         minisora bench steps --samplers euler,heun,dpm++2m --steps 2,4,8,16,32 --plot steps.png"
     )]
     Steps(BenchStepsArgs),
+    /// On an NVIDIA GPU: kernel parity, the bf16 matmul peak, and one denoising step per preset and token count
+    #[command(
+        after_help = "Needs a minisora built with --features cuda. In order: each of minisora's CUDA \
+        kernels (LayerNorm + modulation, RoPE, fused attention) on random inputs against its CPU \
+        reference, printing the relative error and pass/fail (1e-4 in f32, 1e-2 in bf16 and f16), and \
+        a whole DiT forward against the CPU; the bf16 matrix multiply peak (--peak-size cubed); \
+        the attention kernel alone at the presets' shapes from 16k tokens; then one DiT forward for \
+        each preset and token count: median ms, counted FLOPs, TFLOP/s, fraction of the peak, peak \
+        memory. Repeats are sized so that everything fits --budget-s; cases that would not fit are \
+        reported as skipped. Exit status 1 if a parity check fails.\n\n\
+        scripts/gpu-check.sh runs this and the PyTorch peer on the same shapes.\n\nExample:\n  \
+        minisora bench gpu-check --json gpu.json"
+    )]
+    GpuCheck(BenchGpuCheckArgs),
+}
+
+#[derive(Args)]
+struct BenchGpuCheckArgs {
+    /// Presets to time, separated by commas
+    #[arg(long, value_delimiter = ',', default_value = "S,B,L,XL")]
+    presets: Vec<String>,
+    /// Video tokens per clip, separated by commas
+    #[arg(long, value_delimiter = ',', default_value = "1024,4096,16384,32768")]
+    tokens: Vec<usize>,
+    /// Clips per forward
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    /// f32, bf16 or f16 for the timed steps
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    /// Seconds the whole check may take
+    #[arg(long, default_value_t = 300)]
+    budget_s: u64,
+    /// Side of the square bf16 matrices of the peak measurement
+    #[arg(long, default_value_t = 8192)]
+    peak_size: usize,
+    /// cuda; cpu only dry-runs the command with small parity inputs
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Also write the report here as JSON (benches/peer/gpu_speed.py reads it)
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -308,9 +350,9 @@ struct BenchStepArgs {
     /// cpu, or cuda (builds with --features cuda)
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// f32, bf16 or f16
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    /// f32, bf16 or f16 [default: f32 on the CPU, bf16 on a GPU]
+    #[arg(long)]
+    dtype: Option<String>,
     /// Timed steps per case
     #[arg(long, default_value_t = 10)]
     repeat: usize,
@@ -879,8 +921,64 @@ fn bench(args: BenchArgs) -> Result<()> {
             Ok(())
         }
         Some(BenchCommand::Steps(a)) => bench_steps(a),
+        Some(BenchCommand::GpuCheck(a)) => bench_gpu_check(a),
         None => bench_step(args.step),
     }
+}
+
+fn bench_gpu_check(args: BenchGpuCheckArgs) -> Result<()> {
+    use minisora::bench::gpu;
+    if args.batch == 0 || args.peak_size == 0 || args.tokens.contains(&0) {
+        bail!("--batch, --peak-size and every --tokens must be at least 1");
+    }
+    if args.presets.is_empty() || args.tokens.is_empty() {
+        bail!("--presets and --tokens need at least one value each");
+    }
+    for name in &args.presets {
+        minisora::preset::preset(name)?;
+    }
+    let device = parse_device(&args.device)?;
+    let opts = gpu::GpuCheckOptions {
+        presets: args.presets,
+        tokens: args.tokens,
+        batch: args.batch,
+        dtype: parse_dtype(&args.dtype)?,
+        peak_size: args.peak_size,
+        budget: std::time::Duration::from_secs(args.budget_s),
+        quick: device.is_cpu(),
+    };
+    let write = |report: &gpu::GpuCheckReport| -> Result<()> {
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(report)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    };
+    // the plan first, then after every part: a run cut short still leaves
+    // the peer its cases and what was measured
+    write(&gpu::GpuCheckReport {
+        plan: gpu::plan(&opts)?,
+        ..Default::default()
+    })?;
+    let report = gpu::run(
+        &device,
+        &opts,
+        |line| println!("{line}"),
+        |r| {
+            if let Err(e) = write(r) {
+                eprintln!("warning: {e:#}");
+            }
+        },
+    )?;
+    write(&report)?;
+    if let Some(path) = &args.json {
+        println!("wrote {}", path.display());
+    }
+    let failed = report.parity.iter().filter(|p| !p.pass).count();
+    if failed > 0 {
+        bail!("{failed} of {} parity checks failed", report.parity.len());
+    }
+    Ok(())
 }
 
 fn bench_steps(args: BenchStepsArgs) -> Result<()> {
@@ -971,11 +1069,17 @@ fn bench_steps(args: BenchStepsArgs) -> Result<()> {
 fn bench_step(args: BenchStepArgs) -> Result<()> {
     use minisora::bench::{self, StepCase};
     let device = parse_device(&args.device)?;
-    let dtype = parse_dtype(&args.dtype)?;
+    let dtype_name = args
+        .dtype
+        .clone()
+        .unwrap_or_else(|| if device.is_cpu() { "f32" } else { "bf16" }.to_string());
+    let dtype = parse_dtype(&dtype_name)?;
     if args.batch == 0 || args.repeat == 0 {
         bail!("--batch and --repeat must be at least 1");
     }
-    let peak = bench::matmul_peak(&device, dtype, 1024, 5)?;
+    // a GPU needs a large product to reach its peak; 1024^3 is ~2 us there
+    let peak_size = if device.is_cpu() { 1024 } else { 8192 };
+    let peak = bench::matmul_peak(&device, dtype, peak_size, 5)?;
     let mut reports = Vec::new();
     for name in &args.presets {
         let preset = minisora::preset::preset(name)?;
@@ -1025,8 +1129,8 @@ fn bench_step(args: BenchStepArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "matrix multiply peak (1024^3, {}, {}): {peak:.1} GFLOP/s",
-        args.dtype, args.device
+        "matrix multiply peak ({peak_size}^3, {}, {}): {peak:.1} GFLOP/s",
+        dtype_name, args.device
     );
     println!(
         "{:<8} {:>6} {:>5} {:>9} {:>9} {:>10} {:>8} {:>8} {:>8} {:>9} {:>6} {:>9}",

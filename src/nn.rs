@@ -51,11 +51,20 @@ impl LayerNorm {
 
 /// Scaled dot-product attention over heads.
 ///
+/// On a GPU (`cuda` build), unmasked attention is minisora's fused kernel
+/// ([`crate::ops::flash_attention`]): no `N x M` scores, which at 32k tokens
+/// would not fit. On the CPU it stays candle's matrix multiplies and the
+/// fused softmax: faster there than a hand-written loop, and the numerics
+/// every CPU-trained checkpoint was trained with.
+///
 /// # Shapes
 /// - `q`: `(B, H, N, Dh)`, `k`, `v`: `(B, H, M, Dh)`
 /// - `bias`: additive, broadcastable to `(B, H, N, M)` (0 or `-inf`)
 /// - returns `(B, H, N, Dh)`
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    if bias.is_none() && q.device().is_cuda() && crate::ops::cuda::COMPILED {
+        return crate::ops::flash_attention(q, k, v, None);
+    }
     let dh = q.dim(D::Minus1)?;
     let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (dh as f64).sqrt()))?; // (B, H, N, M)
     let scores = match bias {
@@ -99,8 +108,22 @@ impl Mlp {
     }
 }
 
+/// Additive attention bias that hides padding keys: `keep` `(B, L)` (1 for
+/// a word, 0 for padding, any float dtype) -> `(B, 1, 1, L)` in `dtype`, 0 or
+/// `-1e9`. Computed in f32: in f16, `1e9` is infinite and `0 x inf` a NaN,
+/// so f16 gets `-65504` (its largest finite magnitude) instead, which keeps
+/// a row that sees nothing finite as `-1e9` does in f32 and bf16.
+pub fn key_padding_bias(keep: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (b, l) = keep.dims2()?;
+    let big = if dtype == DType::F16 { 65504.0 } else { 1e9 };
+    Ok(((keep.to_dtype(DType::F32)? - 1.0)? * big)?
+        .to_dtype(dtype)?
+        .reshape((b, 1, 1, l))?)
+}
+
 /// Sinusoidal features of scalars (timesteps): `(B,) -> (B, dim)`, as in
-/// "Attention is all you need" and DiT's timestep embedder.
+/// "Attention is all you need" and DiT's timestep embedder. Computed in f32
+/// and returned in `t`'s dtype.
 pub fn sinusoidal(t: &Tensor, dim: usize, max_period: f64) -> Result<Tensor> {
     let half = dim / 2;
     let freqs: Vec<f32> = (0..half)
@@ -111,7 +134,7 @@ pub fn sinusoidal(t: &Tensor, dim: usize, max_period: f64) -> Result<Tensor> {
         .to_dtype(DType::F32)?
         .unsqueeze(1)?
         .broadcast_mul(&freqs)?; // (B, half)
-    Ok(Tensor::cat(&[args.cos()?, args.sin()?], 1)?)
+    Ok(Tensor::cat(&[args.cos()?, args.sin()?], 1)?.to_dtype(t.dtype())?)
 }
 
 /// Cos and sin tables of 3D rotary position embedding (RoPE, Su et al. 2021,

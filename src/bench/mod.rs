@@ -4,6 +4,8 @@
 //! multiply peak, measured by [`matmul_peak`] in the same run; and the heap
 //! a step holds at its peak, counted by [`CountingAlloc`].
 
+pub mod gpu;
+mod gpu_memory;
 pub mod plot;
 pub mod steps;
 
@@ -199,9 +201,10 @@ pub struct StepReport {
     pub matmul_peak_gflops: f64,
     /// `achieved / peak`.
     pub peak_fraction: f64,
-    /// Heap bytes a step holds at its peak beyond what was live before it
-    /// (weights and inputs excluded): CPU, with [`CountingAlloc`]
-    /// installed; `None` otherwise.
+    /// Bytes a step holds at its peak beyond what was live before it
+    /// (weights and inputs excluded): on the CPU the heap, with
+    /// [`CountingAlloc`] installed; on a GPU the device memory pool's
+    /// high-water mark (`cuda` builds); `None` where neither is known.
     pub peak_memory_bytes: Option<u64>,
 }
 
@@ -227,6 +230,7 @@ pub fn bench_step(case: &StepCase, device: &Device, matmul_peak_gflops: f64) -> 
     synchronize(device)?;
     let counting = device.is_cpu() && count_heap();
     let before = heap_live();
+    let gpu_before = gpu_memory::reset_peak(device);
     let mut times = Vec::with_capacity(case.repeat);
     for _ in 0..case.repeat.max(1) {
         let t0 = Instant::now();
@@ -237,7 +241,10 @@ pub fn bench_step(case: &StepCase, device: &Device, matmul_peak_gflops: f64) -> 
     }
     let peak = match (counting, before, heap_peak()) {
         (true, Some(before), Some(peak)) => Some(peak.saturating_sub(before) as u64),
-        _ => None,
+        _ => match (gpu_before, gpu_memory::peak(device)) {
+            (Some(before), Some(peak)) => Some(peak.saturating_sub(before)),
+            _ => None,
+        },
     };
     let (median, p90) = median_p90(&mut times);
     let tokens = case.grid.iter().product::<usize>();

@@ -6,12 +6,13 @@
 //! The model knows nothing about diffusion: it maps a noisy latent, a time
 //! in `[0, 1]` and text features to a prediction of the same shape.
 
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 
 use super::DitConfig;
 use crate::nn::{
-    apply_rope, attention, merge_heads, rope_3d, sinusoidal, split_heads, LayerNorm, Mlp,
+    apply_rope, attention, key_padding_bias, merge_heads, rope_3d, sinusoidal, split_heads,
+    LayerNorm, Mlp,
 };
 use crate::patch::{patchify, positions, unpatchify, Remainder};
 use crate::vae::blocks::{apply_last, linear_zero};
@@ -136,11 +137,19 @@ impl Dit {
         })
     }
 
+    /// The dtype of the weights (f32 on the CPU; bf16 or f16 on a GPU too).
+    pub fn dtype(&self) -> DType {
+        self.x_embed.weight().dtype()
+    }
+
     /// The conditioning vector `c = t_embedder(t) + pooled_proj(pooled)`:
     /// `t` `(B,)` in `[0, 1]`, `pooled` `(B, E)` -> `(B, D)`.
     pub fn condition(&self, t: &Tensor, pooled: &Tensor) -> Result<Tensor> {
-        // times in [0, 1] scaled to DiT's 0..1000 so the sinusoid bands spread
-        let freqs = sinusoidal(&(t * 1000.0)?, self.config.freq_dim, 10_000.0)?;
+        // times in [0, 1] scaled to DiT's 0..1000 so the sinusoid bands
+        // spread; scaled in f32 (in bf16, 1000 t is off by up to 2)
+        let t = t.to_dtype(DType::F32)?;
+        let freqs =
+            sinusoidal(&(t * 1000.0)?, self.config.freq_dim, 10_000.0)?.to_dtype(self.dtype())?;
         let t_emb = self
             .t_mlp2
             .forward_t(&self.t_mlp1.forward_t(&freqs)?.silu()?)?;
@@ -192,7 +201,7 @@ impl Dit {
         pooled: &Tensor,
         context_keep: &Tensor,
     ) -> Result<Tensor> {
-        let (b, c, lt, lh, lw) = x.dims5()?;
+        let (_, c, lt, lh, lw) = x.dims5()?;
         if c != self.config.latent_channels {
             invalid!(
                 "the DiT takes {} latent channels, got {c}",
@@ -201,8 +210,7 @@ impl Dit {
         }
         let patches = patchify(x, self.config.patch, Remainder::Reject)?;
         let cond = self.condition(t, pooled)?.unsqueeze(1)?; // (B, 1, D)
-        let l = context_keep.dim(1)?;
-        let context_bias = ((context_keep - 1.0)? * 1e9)?.reshape((b, 1, 1, l))?;
+        let context_bias = key_padding_bias(context_keep, self.dtype())?; // (B, 1, 1, L)
         let out = self.forward_tokens(
             &patches.tokens,
             &positions(patches.grid),
@@ -222,5 +230,100 @@ trait ForwardT {
 impl ForwardT for Linear {
     fn forward_t(&self, x: &Tensor) -> Result<Tensor> {
         Ok(candle_core::Module::forward(self, x)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::text::{TextConfig, TextEncoder};
+    use crate::train::randn;
+    use candle_core::Device;
+    use candle_nn::VarMap;
+
+    fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let a = a.to_dtype(DType::F32).unwrap();
+        let d: f32 = (&a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let m: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        d / m
+    }
+
+    /// The DiT and the text encoder in bf16 and f16 on the CPU agree with
+    /// f32: every stage follows the weights' dtype (a stage that does not
+    /// fails on a dtype mismatch; an overflow shows up as a NaN, which fails
+    /// the comparison). What a GPU run in bf16 needs, checked without one.
+    #[test]
+    fn half_precision_forwards_agree_with_f32() {
+        let dev = Device::Cpu;
+        let cfg = DitConfig {
+            depth: 2,
+            ..crate::preset::preset("tiny").unwrap().dit
+        };
+        let (model, varmap) = crate::bench::random_dit(&cfg, 3, &dev).unwrap();
+        let weights = crate::checkpoint::named_tensors(&varmap).unwrap();
+        let mut rng = crate::rng::Rng::new(4);
+        let x = randn(&mut rng, &[2, cfg.latent_channels, 2, 8, 8], &dev).unwrap();
+        let t = Tensor::new(&[0.25f32, 0.75], &dev).unwrap();
+        let ctx = randn(&mut rng, &[2, cfg.context_len, cfg.context_dim], &dev).unwrap();
+        let pooled = randn(&mut rng, &[2, cfg.context_dim], &dev).unwrap();
+        let keep: Vec<f32> = (0..2 * cfg.context_len)
+            .map(|j| f32::from(j % cfg.context_len < 5 + 7 * (j / cfg.context_len)))
+            .collect();
+        let keep = Tensor::from_vec(keep, (2, cfg.context_len), &dev).unwrap();
+        let want = model.forward(&x, &t, &ctx, &pooled, &keep).unwrap();
+
+        let text_cfg = TextConfig {
+            vocab_size: 12,
+            max_len: 6,
+            width: 16,
+            depth: 1,
+            heads: 2,
+        };
+        let text_vars = VarMap::new();
+        TextEncoder::new(
+            &text_cfg,
+            VarBuilder::from_varmap(&text_vars, DType::F32, &dev),
+        )
+        .unwrap();
+        crate::train::seeded_init(&text_vars, 5).unwrap();
+        let text_weights = crate::checkpoint::named_tensors(&text_vars).unwrap();
+        let text = |dtype| {
+            TextEncoder::new(
+                &text_cfg,
+                VarBuilder::from_tensors(text_weights.clone(), dtype, &dev),
+            )
+            .unwrap()
+        };
+        // the second caption is padded after two words
+        let ids = Tensor::new(&[[3u32, 4, 5, 6, 7, 8], [9, 10, 0, 0, 0, 0]], &dev).unwrap();
+        let (want_ctx, want_pooled) = text(DType::F32).forward(&ids).unwrap();
+
+        for (dtype, tol) in [(DType::BF16, 5e-2), (DType::F16, 1e-2)] {
+            let half =
+                Dit::new(&cfg, VarBuilder::from_tensors(weights.clone(), dtype, &dev)).unwrap();
+            assert_eq!(half.dtype(), dtype);
+            let on = |t: &Tensor| t.to_dtype(dtype).unwrap();
+            let got = half
+                .forward(&on(&x), &on(&t), &on(&ctx), &on(&pooled), &on(&keep))
+                .unwrap();
+            assert_eq!(got.dtype(), dtype);
+            let diff = rel_diff(&got, &want);
+            assert!(diff < tol, "DiT in {dtype:?} differs from f32 by {diff}");
+
+            let (c, p) = text(dtype).forward(&ids).unwrap();
+            assert_eq!((c.dtype(), p.dtype()), (dtype, dtype));
+            let diff = rel_diff(&c, &want_ctx).max(rel_diff(&p, &want_pooled));
+            assert!(
+                diff < tol,
+                "text encoder in {dtype:?} differs from f32 by {diff}"
+            );
+        }
     }
 }

@@ -5,24 +5,38 @@
 //! Built from candle's generic ops, each of these is a chain of element-wise
 //! passes over the whole tensor (LayerNorm + modulation: 9 forward, about 20
 //! backward; GELU's backward alone: 12), each allocating its output. Here
-//! each is one pass forward and one backward. CPU f32 only; any other device
-//! or dtype takes the reference path, which tests compare these with. Set
-//! `MINISORA_REFERENCE_OPS` in the environment to take the reference path
-//! everywhere (to compare whole runs).
+//! each is one pass forward and one backward. On the CPU these run in f32
+//! only; other CPU dtypes take the reference path, which tests compare these
+//! with. With the `cuda` feature, LayerNorm + modulation and RoPE also run
+//! as kernels of `kernels/` on a GPU (f32, bf16, f16; their backward passes
+//! there are generic ops). Set `MINISORA_REFERENCE_OPS` in the environment
+//! to take the reference path everywhere (to compare whole runs).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 
 use super::gather::contiguous_f32;
 use crate::{invalid, Result};
 
+/// Whether the CPU implementations apply: every input on the CPU in f32.
 fn fused_ok(ts: &[&Tensor]) -> bool {
-    // read once: this runs for every op of every step
-    static REFERENCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *REFERENCE.get_or_init(|| std::env::var_os("MINISORA_REFERENCE_OPS").is_some()) {
-        return false;
-    }
-    ts.iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+    !super::reference_only()
+        && ts
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// Whether inputs are 16-bit floats on the CPU. Reductions (LayerNorm's
+/// mean and variance, softmax's sum) then run in f32 and round once, as
+/// the GPU kernels do, rather than summing in bf16.
+fn cpu_half(ts: &[&Tensor]) -> bool {
+    !super::reference_only()
+        && ts
+            .iter()
+            .all(|t| t.device().is_cpu() && matches!(t.dtype(), DType::BF16 | DType::F16))
+}
+
+fn f32(t: &Tensor) -> Result<Tensor> {
+    Ok(t.to_dtype(DType::F32)?)
 }
 
 // ---------------------------------------------------------------------------
@@ -45,7 +59,11 @@ pub fn norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Re
             scale.dims()
         );
     }
-    if !fused_ok(&[x, shift, scale]) {
+    if cpu_half(&[x, shift, scale]) {
+        let y = norm_modulate(&f32(x)?, &f32(shift)?, &f32(scale)?, eps)?;
+        return Ok(y.to_dtype(x.dtype())?);
+    }
+    if !fused_ok(&[x, shift, scale]) && !super::cuda::kernels_for(&[x, shift, scale]) {
         return norm_modulate_reference(x, shift, scale, eps);
     }
     Ok(x.contiguous()?.apply_op3(
@@ -124,6 +142,19 @@ impl CustomOp3 for NormModulate {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::norm_modulate_fwd(self.eps, s1, l1, s2, l2, s3, l3)
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -134,6 +165,11 @@ impl CustomOp3 for NormModulate {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (_, n, _) = x.dims3()?;
         let s = shift.dim(1)?;
+        if !x.device().is_cpu() {
+            let (dx, dshift, dscale) = norm_modulate_backward_generic(x, scale, grad, s, self.eps)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            return Ok((Some(dx), Some(dshift), Some(dscale)));
+        }
         // one pass writes (B, N + 2S, D): dx, then dshift, then dscale
         let packed = x.apply_op3_no_bwd(
             scale,
@@ -146,6 +182,44 @@ impl CustomOp3 for NormModulate {
             Some(packed.narrow(1, n + s, s)?),
         ))
     }
+}
+
+/// The backward pass of [`norm_modulate`] from generic ops, in f32, for
+/// devices without the one-pass CPU kernel: `(dx, dshift, dscale)`.
+fn norm_modulate_backward_generic(
+    x: &Tensor,
+    scale: &Tensor,
+    grad: &Tensor,
+    s: usize,
+    eps: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let dtype = x.dtype();
+    let f = |t: &Tensor| t.detach().to_dtype(DType::F32);
+    let (x, scale, g) = (f(x)?, f(scale)?, f(grad)?);
+    let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+    let rstd = (centred.sqr()?.mean_keepdim(D::Minus1)? + eps as f64)?
+        .sqrt()?
+        .recip()?; // (B, N, 1)
+    let xhat = centred.broadcast_mul(&rstd)?;
+    let gs = g.broadcast_mul(&(scale + 1.0)?)?; // dL/dxhat
+    let mean_g = gs.mean_keepdim(D::Minus1)?;
+    let mean_gx = (&gs * &xhat)?.mean_keepdim(D::Minus1)?;
+    let dx = gs
+        .broadcast_sub(&mean_g)?
+        .sub(&xhat.broadcast_mul(&mean_gx)?)?
+        .broadcast_mul(&rstd)?;
+    let gx = (&g * &xhat)?;
+    // one modulation row per clip: its gradient sums over the clip's tokens
+    let (dshift, dscale) = if s == 1 {
+        (g.sum_keepdim(1)?, gx.sum_keepdim(1)?)
+    } else {
+        (g, gx)
+    };
+    Ok((
+        dx.to_dtype(dtype)?,
+        dshift.to_dtype(dtype)?,
+        dscale.to_dtype(dtype)?,
+    ))
 }
 
 struct NormModulateBackward {
@@ -215,6 +289,9 @@ impl CustomOp3 for NormModulateBackward {
 /// Softmax over the last axis, with a backward pass (candle-nn's fused
 /// `softmax_last_dim` has none).
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if cpu_half(&[x]) {
+        return Ok(softmax_last(&f32(x)?)?.to_dtype(x.dtype())?);
+    }
     if !fused_ok(&[x]) {
         return softmax_last_reference(x);
     }
@@ -385,22 +462,23 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
             sin.dims()
         );
     }
-    if !fused_ok(&[x, cos, sin]) {
+    let gpu = super::cuda::kernels_for(&[x]);
+    if !fused_ok(&[x, cos, sin]) && !gpu {
         return rope_reference(x, cos, sin);
     }
-    Ok(x.contiguous()?.apply_op3(
-        &cos.contiguous()?,
-        &sin.contiguous()?,
-        Rope { inverse: false },
-    )?)
+    // the GPU kernel reads the tables in f32 whatever x is
+    let table = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F32)?.contiguous()?) };
+    Ok(x.contiguous()?
+        .apply_op3(&table(cos)?, &table(sin)?, Rope { inverse: false })?)
 }
 
-/// candle-nn's `rope_i_slow`, built from generic ops.
+/// candle-nn's `rope_i_slow`, built from generic ops (the tables rounded to
+/// `x`'s dtype, which it requires).
 pub fn rope_reference(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::rotary_emb::rope_i_slow(
         &x.contiguous()?,
-        cos,
-        sin,
+        &cos.to_dtype(x.dtype())?,
+        &sin.to_dtype(x.dtype())?,
     )?)
 }
 
@@ -443,6 +521,19 @@ impl CustomOp3 for Rope {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::rope_fwd(self.inverse, s1, l1, s2, l2, s3, l3)
+    }
+
     fn bwd(
         &self,
         _x: &Tensor,
@@ -465,68 +556,8 @@ impl CustomOp3 for Rope {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
-
-    fn random(shape: &[usize], seed: u64, scale: f64) -> Tensor {
-        let mut rng = crate::rng::Rng::new(seed);
-        (crate::train::randn(&mut rng, shape, &Device::Cpu).unwrap() * scale).unwrap()
-    }
-
-    /// Largest difference relative to the reference's largest magnitude.
-    fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let d: f32 = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        let m: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-        d / m.max(1e-12)
-    }
-
-    /// Values and gradients (of `sum(out * probe)`) of `fused` and
-    /// `reference` on the same fresh inputs agree to `tol`.
-    fn check<F, R>(inputs: &[Tensor], fused: F, reference: R, tol: f32, what: &str)
-    where
-        F: Fn(&[Tensor]) -> Tensor,
-        R: Fn(&[Tensor]) -> Tensor,
-    {
-        let vars: Vec<Var> = inputs
-            .iter()
-            .map(|t| Var::from_tensor(t).unwrap())
-            .collect();
-        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-        let (a, b) = (fused(&ts), reference(&ts));
-        assert_eq!(a.dims(), b.dims(), "{what}: shape");
-        let diff = rel_diff(&a, &b);
-        assert!(diff < tol, "{what}: forward differs by {diff}");
-        let probe = random(a.dims(), 999, 1.0);
-        let ga = (&a * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gb = (&b * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for (i, v) in vars.iter().enumerate() {
-            let (x, y) = (
-                ga.get(v.as_tensor()).expect("fused gradient"),
-                gb.get(v.as_tensor()).expect("reference gradient"),
-            );
-            let diff = rel_diff(x, y);
-            assert!(
-                diff < tol,
-                "{what}: gradient of input {i} differs by {diff}"
-            );
-        }
-    }
+    use crate::ops::test_util::{check, random};
+    use candle_core::Device;
 
     #[test]
     fn norm_modulate_matches_the_reference() {
@@ -554,6 +585,62 @@ mod tests {
         let x = random(&[2, 3, 4], 0, 1.0);
         let bad = random(&[2, 2, 4], 1, 1.0);
         assert!(norm_modulate(&x, &bad, &bad, 1e-6).is_err());
+    }
+
+    #[test]
+    fn the_generic_norm_modulate_backward_matches_the_cpu_one() {
+        // the GPU's backward pass (generic ops) against the one-pass CPU one
+        for (i, &(b, n, s, d)) in [(2, 5, 1, 8), (3, 4, 4, 6)].iter().enumerate() {
+            let seed = 40 + 10 * i as u64;
+            let x = candle_core::Var::from_tensor(&random(&[b, n, d], seed, 2.0)).unwrap();
+            let shift = candle_core::Var::from_tensor(&random(&[b, s, d], seed + 1, 0.5)).unwrap();
+            let scale = candle_core::Var::from_tensor(&random(&[b, s, d], seed + 2, 0.5)).unwrap();
+            let grad = random(&[b, n, d], seed + 3, 1.0);
+            let y =
+                norm_modulate(x.as_tensor(), shift.as_tensor(), scale.as_tensor(), 1e-6).unwrap();
+            let grads = (&y * &grad).unwrap().sum_all().unwrap().backward().unwrap();
+            let (dx, dshift, dscale) =
+                norm_modulate_backward_generic(x.as_tensor(), scale.as_tensor(), &grad, s, 1e-6)
+                    .unwrap();
+            for (name, var, generic) in [
+                ("x", &x, dx),
+                ("shift", &shift, dshift),
+                ("scale", &scale, dscale),
+            ] {
+                let cpu = grads.get(var.as_tensor()).unwrap();
+                let diff = crate::ops::test_util::rel_diff(&generic, cpu);
+                assert!(diff < 1e-4, "d{name} (S = {s}) differs by {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn ops_take_bf16_on_the_cpu() {
+        // 16-bit inputs run in f32 and round once; RoPE's f32 tables are
+        // rounded to x's dtype on the reference path
+        let x = random(&[2, 5, 16], 60, 1.0);
+        let (shift, scale) = (random(&[2, 1, 16], 61, 0.3), random(&[2, 1, 16], 62, 0.3));
+        let bf = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+        let want = norm_modulate(&x, &shift, &scale, 1e-6).unwrap();
+        let got = norm_modulate(&bf(&x), &bf(&shift), &bf(&scale), 1e-6).unwrap();
+        assert_eq!(got.dtype(), DType::BF16);
+        let diff = crate::ops::test_util::rel_diff(&got.to_dtype(DType::F32).unwrap(), &want);
+        assert!(diff < 1e-2, "norm_modulate bf16: {diff}");
+
+        let angles = random(&[5, 4], 63, 2.0);
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let x = random(&[1, 2, 5, 8], 64, 1.0);
+        let want = rope(&x, &cos, &sin).unwrap();
+        let got = rope(&bf(&x), &cos, &sin).unwrap();
+        assert_eq!(got.dtype(), DType::BF16);
+        let diff = crate::ops::test_util::rel_diff(&got.to_dtype(DType::F32).unwrap(), &want);
+        assert!(diff < 1e-2, "rope bf16: {diff}");
+
+        let x = random(&[3, 7], 65, 3.0);
+        let want = softmax_last(&x).unwrap();
+        let got = softmax_last(&bf(&x)).unwrap();
+        let diff = crate::ops::test_util::rel_diff(&got.to_dtype(DType::F32).unwrap(), &want);
+        assert!(diff < 1e-2, "softmax bf16: {diff}");
     }
 
     #[test]

@@ -125,6 +125,21 @@ impl Packed {
         Ok(Tensor::from_vec(data, (l, l), device)?)
     }
 
+    /// Per token, its segment id for [`crate::ops::flash_attention`]: its
+    /// clip's index + 1, and 0 for the padding at the end; `(1, L)` u32.
+    /// The fused attention masks with these instead of an `(L, L)` matrix.
+    /// It agrees with [`Self::may_attend`] on every real token; a padding
+    /// query sees nothing there (output 0) rather than itself, which is
+    /// never read since [`Self::unpack`] drops padding.
+    pub fn segment_ids(&self, device: &Device) -> Result<Tensor> {
+        let ids: Vec<u32> = self
+            .clip_ids
+            .iter()
+            .map(|c| c.map_or(0, |i| i as u32 + 1))
+            .collect();
+        Ok(Tensor::from_vec(ids, (1, self.len()), device)?)
+    }
+
     /// `(L, L)` additive attention bias in `dtype`: 0 where attention is
     /// allowed, `-inf` where it is not (add it to the scores before softmax).
     pub fn attention_bias(&self, dtype: DType, device: &Device) -> Result<Tensor> {

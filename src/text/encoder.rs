@@ -3,7 +3,7 @@
 //! per-token context the DiT cross-attends to and a pooled vector (mean
 //! over the caption's words) for its adaLN conditioning.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{Tensor, D};
 use candle_nn::{Embedding, Linear, Module, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -104,10 +104,11 @@ impl TextEncoder {
     /// - `ids`: `(B, L)` u32, padded with [`PAD_ID`]
     /// - returns context `(B, L, D)` and pooled `(B, D)`
     pub fn forward(&self, ids: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (b, l) = ids.dims2()?;
-        let keep = ids.ne(PAD_ID)?.to_dtype(DType::F32)?; // (B, L) 1 for words
-                                                          // padding keys get -inf; every caption has a first token, so no row is empty
-        let bias = ((keep.clone() - 1.0)? * 1e9)?.reshape((b, 1, 1, l))?;
+        let l = ids.dim(1)?;
+        let dtype = self.positions.dtype();
+        let keep = ids.ne(PAD_ID)?.to_dtype(dtype)?; // (B, L) 1 for words
+                                                     // padding keys get -1e9; every caption has a first token, so no row is empty
+        let bias = crate::nn::key_padding_bias(&keep, dtype)?;
         let mut x = self
             .words
             .forward(ids)?

@@ -196,3 +196,63 @@ impl Vae {
         Ok(self.decode(&self.encode(x)?.mean)?.clamp(-1.0, 1.0)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let a = a.to_dtype(DType::F32).unwrap();
+        let d: f32 = (&a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let m: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        d / m
+    }
+
+    /// The compression network in bf16 and f16 on the CPU agrees with f32
+    /// (what a GPU run in those dtypes needs; with a pixel refinement stage
+    /// too, since it takes another path through the decoder).
+    #[test]
+    fn half_precision_encode_and_decode_agree_with_f32() {
+        let dev = Device::Cpu;
+        for cfg in [
+            VaeConfig::tiny(),
+            VaeConfig {
+                pixel_channels: 8,
+                pixel_width: 8,
+                ..VaeConfig::tiny()
+            },
+        ] {
+            let vars = VarMap::new();
+            let vae = Vae::new(&cfg, VarBuilder::from_varmap(&vars, DType::F32, &dev)).unwrap();
+            crate::train::seeded_init(&vars, 1).unwrap();
+            let weights = crate::checkpoint::named_tensors(&vars).unwrap();
+            let shape = [1, 3, 2 * cfg.ft, 4 * cfg.fs, 4 * cfg.fs];
+            let x = (crate::train::randn(&mut crate::rng::Rng::new(2), &shape, &dev).unwrap()
+                * 0.5)
+                .unwrap();
+            let want_z = vae.encode(&x).unwrap().mean;
+            let want_x = vae.decode(&want_z).unwrap();
+            for (dtype, tol) in [(DType::BF16, 5e-2), (DType::F16, 1e-2)] {
+                let vb = VarBuilder::from_tensors(weights.clone(), dtype, &dev);
+                let half = Vae::new(&cfg, vb).unwrap();
+                let z = half.encode(&x.to_dtype(dtype).unwrap()).unwrap().mean;
+                let y = half.decode(&want_z.to_dtype(dtype).unwrap()).unwrap();
+                assert_eq!((z.dtype(), y.dtype()), (dtype, dtype));
+                let (dz, dy) = (rel_diff(&z, &want_z), rel_diff(&y, &want_x));
+                assert!(
+                    dz < tol && dy < tol,
+                    "{dtype:?}: encode off by {dz}, decode by {dy}"
+                );
+            }
+        }
+    }
+}
