@@ -15,6 +15,16 @@ use super::steps::SweepPoint;
 use crate::{Error, Result};
 
 const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+/// Dark, distinct line colours (readable on white; plotters' palette
+/// starts with a pale yellow).
+const COLOURS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(23, 190, 207),
+];
 const WIDTH: u32 = 960;
 const HEIGHT: u32 = 600;
 
@@ -48,14 +58,21 @@ pub fn draw_sweep(points: &[SweepPoint], title: &str, path: &Path) -> Result<()>
             .iter()
             .map(|p| p.seconds_per_clip)
             .fold((f64::INFINITY, 0f64), |(lo, hi), s| (lo.min(s), hi.max(s)));
-        // half a decade of margin either side, so labels stay inside
+        // some margin either side, so labels stay inside
         let (lo, hi) = (lo / 1.5, hi * 1.5);
+        // up to the next ten above the best point (at least 20, at most 100):
+        // low pass rates stay readable, and the axis says where it ends
+        let best = points
+            .iter()
+            .map(|p| 100.0 * p.adherence.pass_rate)
+            .fold(0f64, f64::max);
+        let top = ((best / 10.0).floor() * 10.0 + 10.0).clamp(20.0, 100.0);
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 22))
             .margin(16)
             .x_label_area_size(48)
             .y_label_area_size(60)
-            .build_cartesian_2d((lo..hi).log_scale(), 0f64..100f64)
+            .build_cartesian_2d((lo..hi).log_scale(), 0f64..top)
             .map_err(plot_error)?;
         chart
             .configure_mesh()
@@ -64,12 +81,15 @@ pub fn draw_sweep(points: &[SweepPoint], title: &str, path: &Path) -> Result<()>
             .label_style(("sans-serif", 15))
             .axis_desc_style(("sans-serif", 17))
             .x_label_formatter(&|s| format!("{s:.2}"))
+            .y_label_formatter(&|p| format!("{p:.0}"))
+            .x_labels(6)
+            .light_line_style(TRANSPARENT)
             .draw()
             .map_err(plot_error)?;
         let mut samplers: Vec<&str> = points.iter().map(|p| p.sampler.as_str()).collect();
         samplers.dedup();
         for (i, name) in samplers.iter().enumerate() {
-            let colour = Palette99::pick(i).to_rgba();
+            let colour = COLOURS[i % COLOURS.len()];
             let mut line: Vec<(f64, f64, usize)> = points
                 .iter()
                 .filter(|p| p.sampler == *name)
@@ -100,7 +120,7 @@ pub fn draw_sweep(points: &[SweepPoint], title: &str, path: &Path) -> Result<()>
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.9))
             .border_style(BLACK)
             .label_font(("sans-serif", 15))

@@ -20,7 +20,9 @@ fn python_with_torch(repo: &Path) -> Option<PathBuf> {
 fn the_pytorch_peer_reproduces_a_denoising_step() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let Some(python) = python_with_torch(repo) else {
-        eprintln!("skipped: no Python with torch and safetensors (benches/peer/run.sh installs them)");
+        eprintln!(
+            "skipped: no Python with torch and safetensors (benches/peer/run.sh installs them)"
+        );
         return;
     };
     // two presets' shapes, the default's 2x2x2 tubelets and the tiny one's;
