@@ -241,19 +241,7 @@ mod tests {
     use candle_core::Device;
     use candle_nn::VarMap;
 
-    fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let a = a.to_dtype(DType::F32).unwrap();
-        let d: f32 = (&a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        let m: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-        d / m
-    }
+    use crate::ops::test_util::rel_diff;
 
     /// The DiT and the text encoder in bf16 and f16 on the CPU agree with
     /// f32: every stage follows the weights' dtype (a stage that does not

@@ -624,7 +624,7 @@ mod tests {
         let want = norm_modulate(&x, &shift, &scale, 1e-6).unwrap();
         let got = norm_modulate(&bf(&x), &bf(&shift), &bf(&scale), 1e-6).unwrap();
         assert_eq!(got.dtype(), DType::BF16);
-        let diff = crate::ops::test_util::rel_diff(&got.to_dtype(DType::F32).unwrap(), &want);
+        let diff = crate::ops::test_util::rel_diff(&got, &want);
         assert!(diff < 1e-2, "norm_modulate bf16: {diff}");
 
         let angles = random(&[5, 4], 63, 2.0);
@@ -633,13 +633,13 @@ mod tests {
         let want = rope(&x, &cos, &sin).unwrap();
         let got = rope(&bf(&x), &cos, &sin).unwrap();
         assert_eq!(got.dtype(), DType::BF16);
-        let diff = crate::ops::test_util::rel_diff(&got.to_dtype(DType::F32).unwrap(), &want);
+        let diff = crate::ops::test_util::rel_diff(&got, &want);
         assert!(diff < 1e-2, "rope bf16: {diff}");
 
         let x = random(&[3, 7], 65, 3.0);
         let want = softmax_last(&x).unwrap();
         let got = softmax_last(&bf(&x)).unwrap();
-        let diff = crate::ops::test_util::rel_diff(&got.to_dtype(DType::F32).unwrap(), &want);
+        let diff = crate::ops::test_util::rel_diff(&got, &want);
         assert!(diff < 1e-2, "softmax bf16: {diff}");
     }
 

@@ -9,9 +9,11 @@ pub(crate) fn random(shape: &[usize], seed: u64, scale: f64) -> Tensor {
     (crate::train::randn(&mut rng, shape, &Device::Cpu).unwrap() * scale).unwrap()
 }
 
-/// Largest difference relative to the reference's largest magnitude.
+/// Largest difference relative to the reference's largest magnitude; `a`
+/// may be of any float dtype, `b` is f32.
 pub(crate) fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let d: f32 = (a - b)
+    let a = a.to_dtype(candle_core::DType::F32).unwrap();
+    let d: f32 = (&a - b)
         .unwrap()
         .abs()
         .unwrap()
