@@ -170,6 +170,33 @@ pub fn rope_3d(
     ))
 }
 
+/// Frequencies per axis of [`sincos_3d`].
+pub const POS_FREQS: usize = 16;
+
+/// Fixed sin-cos features of 3D positions (the factorised embedding of
+/// Latte and Open-Sora, before any learned projection): per axis t, h, w,
+/// `cos(p f_i)` then `sin(p f_i)` for `f_i = 10000^(-i / POS_FREQS)`,
+/// `i < POS_FREQS`. Computed in f64, rounded to f32 once.
+///
+/// Returns `(N, 6 * POS_FREQS)` for integer positions `[t, h, w]`.
+pub fn sincos_3d(positions: &[[usize; 3]], device: &Device) -> Result<Tensor> {
+    let freqs: Vec<f64> = (0..POS_FREQS)
+        .map(|i| 10_000f64.powf(-(i as f64) / POS_FREQS as f64))
+        .collect();
+    let mut out = Vec::with_capacity(positions.len() * 6 * POS_FREQS);
+    for pos in positions {
+        for &p in pos {
+            out.extend(freqs.iter().map(|f| (p as f64 * f).cos() as f32));
+            out.extend(freqs.iter().map(|f| (p as f64 * f).sin() as f32));
+        }
+    }
+    Ok(Tensor::from_vec(
+        out,
+        (positions.len(), 6 * POS_FREQS),
+        device,
+    )?)
+}
+
 /// Rotates interleaved pairs of `x` `(B, H, N, Dh)` by tables `(N, Dh / 2)`,
 /// with gradients (candle-nn's fused `rope_i` has none; this is minisora's
 /// fused op).

@@ -63,6 +63,7 @@ fn dit(hidden: usize, depth: usize, heads: usize, context_dim: usize) -> DitConf
         // the longest Shapes World caption has 15 words
         context_len: 16,
         freq_dim: 256,
+        pos_embed: true,
     }
 }
 

@@ -74,7 +74,9 @@ def step_flops(dit: dict[str, Any], tokens: int, batch: int) -> float:
     mlp = mm(n, d, r * d) + mm(n, r * d, d)
     other = (mm(n, p, d) + mm(1, f, d) + mm(1, d, d) + mm(l, e, d) + mm(1, e, d)
              + depth * mm(1, d, 6 * d) + mm(1, d, 2 * d) + mm(n, d, p))
-    return float(b * depth * (attention + proj + mlp) + b * other)
+    # absolute position embedding: once per forward, shared by the batch
+    pos = mm(n, 6 * 16, d) if dit.get("pos_embed", False) else 0
+    return float(b * depth * (attention + proj + mlp) + b * other + pos)
 
 
 def time_steps(args: argparse.Namespace, report: dict[str, Any], deadline: float) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ The block (DiT, Peebles and Xie 2023, adaLN-Zero; cross-attention as in
 PixArt-alpha; 3D RoPE as in Lumina-T2X / Open-Sora):
 
     c = t_mlp2(silu(t_mlp1(sinusoidal(1000 t)))) + pooled_proj(pooled)    (B, 1, D)
+    x = x_embed(patches) + pos_proj(sincos(t, h, w))                       pos_proj if config's pos_embed
     shift1, scale1, gate1, shift2, scale2, gate2 = ada(silu(c))
     x += gate1 * proj(SelfAttn(modulate(LN(x), shift1, scale1)))          RoPE on q, k
     x += cross_proj(CrossAttn(norm_cross(x), kv(context_proj(context))))  no gate
@@ -89,6 +90,30 @@ def rope_3d(grid: Grid, head_dim: int, device: torch.device, dtype: torch.dtype)
     cos = torch.cat(cos_parts, dim=1).to(device=device, dtype=dtype)  # (N, pairs)
     sin = torch.cat(sin_parts, dim=1).to(device=device, dtype=dtype)
     return cos, sin
+
+
+# frequencies per axis of the absolute position features (nn.rs `POS_FREQS`)
+POS_FREQS = 16
+
+
+@functools.lru_cache(maxsize=None)
+def sincos_3d(grid: Grid, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Fixed sin-cos features `(N, 6 * POS_FREQS)` of each token's `(t, h, w)` (nn.rs `sincos_3d`).
+
+    Per axis, `cos(p f_i)` then `sin(p f_i)` for `f_i = 10000^(-i / POS_FREQS)`;
+    computed in f64 and rounded to f32 once, as the Rust does.
+    """
+    freqs = [10_000.0 ** (-float(i) / float(POS_FREQS)) for i in range(POS_FREQS)]
+    rows = []
+    for t in range(grid[0]):
+        for h in range(grid[1]):
+            for w in range(grid[2]):
+                row: list[float] = []
+                for p in (t, h, w):
+                    row += [math.cos(float(p) * f) for f in freqs]
+                    row += [math.sin(float(p) * f) for f in freqs]
+                rows.append(row)
+    return torch.tensor(rows, dtype=torch.float32).to(device=device, dtype=dtype)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -217,6 +242,8 @@ class MinisoraDiT(nn.Module):
         e = config["context_dim"]
 
         self.x_embed = nn.Linear(token_dim, d)
+        # absolute positions beside RoPE (configs from before it lack the key)
+        self.pos_proj = nn.Linear(6 * POS_FREQS, d, bias=False) if config.get("pos_embed", False) else None
         self.t_mlp1 = nn.Linear(self.freq_dim, d)
         self.t_mlp2 = nn.Linear(d, d)
         self.context_proj = nn.Linear(e, d)
@@ -250,6 +277,8 @@ class MinisoraDiT(nn.Module):
         cos, sin = rope_3d(grid, self.head_dim, x.device, x.dtype)  # (N, Dh / 2)
         context = self.context_proj(context)  # (B, L, D)
         h = self.x_embed(tokens)  # (B, N, D)
+        if self.pos_proj is not None:
+            h = h + self.pos_proj(sincos_3d(grid, x.device, x.dtype))  # + (N, D)
         for block in self.blocks:
             h = block(h, cond, context, context_bias, cos, sin)
         shift, scale = self.final_ada(F.silu(cond)).chunk(2, dim=-1)  # (B, 1, D) each

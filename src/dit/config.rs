@@ -4,6 +4,7 @@
 //! and a test compares the count with its real parameters):
 //! ```text
 //! c = t_embedder(t) + pooled_text_proj(text)                 (B, D)
+//! x = x_embed(patches) [+ pos_proj(sincos(t, h, w))]          Linear(P, D) [Linear(6F, D), no bias]
 //! per block:  shift/scale/gate x 2 = adaLN(SiLU(c))           Linear(D, 6D)
 //!             x += gate1 * SelfAttn(modulate(LN(x)))           qkv Linear(D, 3D), out Linear(D, D), 3D RoPE
 //!             x += CrossAttn(LN(x), context)                   q Linear(D, D), kv Linear(D, 2D), out Linear(D, D)
@@ -37,6 +38,13 @@ pub struct DitConfig {
     /// Size of the sinusoidal timestep features fed to the timestep MLP (256
     /// as in DiT).
     pub freq_dim: usize,
+    /// Add to each token's embedding a learned projection (zero at
+    /// initialisation, no bias) of fixed sin-cos features of its absolute
+    /// `(t, h, w)` place ([`crate::nn::sincos_3d`]), beside RoPE's relative
+    /// positions: so that a token knows which group of frames it is in.
+    /// Checkpoints written before it existed read as `false`.
+    #[serde(default)]
+    pub pos_embed: bool,
 }
 
 /// FLOPs of one DiT forward and what it holds in memory, per the module docs.
@@ -74,6 +82,16 @@ impl DitConfig {
         self.patch.token_dim(self.latent_channels)
     }
 
+    /// Width of the absolute position features the DiT projects (0 without
+    /// [`DitConfig::pos_embed`]).
+    pub fn pos_features(&self) -> u64 {
+        if self.pos_embed {
+            6 * crate::nn::POS_FREQS as u64
+        } else {
+            0
+        }
+    }
+
     /// Parameters, counted from the architecture in the module docs.
     pub fn params(&self) -> u64 {
         let d = self.hidden as u64;
@@ -92,7 +110,7 @@ impl DitConfig {
             + linear(e, d)                      // context projection
             + linear(e, d); // pooled text -> conditioning
         let last = linear(d, 2 * d) + linear(d, p);
-        embed + self.depth as u64 * block + last
+        embed + self.pos_features() * d + self.depth as u64 * block + last
     }
 
     /// Cost of one forward on `batch` clips of `tokens` video tokens each.
@@ -119,7 +137,8 @@ impl DitConfig {
         let attention_flops = b * depth * attention;
         let attention_proj_flops = b * depth * attention_proj;
         let mlp_flops = b * depth * mlp;
-        let other_flops = b * other;
+        // the position embedding is computed once per forward and shared by the batch
+        let other_flops = b * other + mm(n, self.pos_features(), d);
         let h = self.heads as u64;
         let activation_floats = b
             * (n * d /* residual */ + n * d /* normed */ + 3 * n * d /* qkv */ + n * d /* attn out */
@@ -153,6 +172,7 @@ mod tests {
             context_dim: 4,
             context_len: 3,
             freq_dim: 16,
+            pos_embed: false,
         }
     }
 
@@ -164,6 +184,24 @@ mod tests {
         // embed: patch 72, t-MLP 16*8+8 + 72 = 208, ctx 4*8+8 = 40, pooled 40 -> 360
         // final: 8*16+16 + 8*8+8 = 216
         assert_eq!(tiny().params(), 360 + 1576 + 216);
+        // the position embedding: 3 axes x 16 frequencies x (cos, sin) -> D = 8, no bias
+        let with_pos = DitConfig {
+            pos_embed: true,
+            ..tiny()
+        };
+        assert_eq!(with_pos.params(), tiny().params() + 96 * 8);
+    }
+
+    #[test]
+    fn configs_written_before_the_position_embedding_read_without_it() {
+        let mut json = serde_json::to_value(DitConfig {
+            pos_embed: true,
+            ..tiny()
+        })
+        .unwrap();
+        json.as_object_mut().unwrap().remove("pos_embed");
+        let old: DitConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(old, tiny());
     }
 
     #[test]
@@ -185,5 +223,16 @@ mod tests {
         );
         // batch 2 doubles everything
         assert_eq!(tiny().step_cost(4, 2).total_flops, 2 * c.total_flops);
+        // the position embedding adds 2*4*96*8 once per forward, whatever the batch
+        let with_pos = DitConfig {
+            pos_embed: true,
+            ..tiny()
+        };
+        for batch in [1, 2] {
+            assert_eq!(
+                with_pos.step_cost(4, batch).other_flops,
+                tiny().step_cost(4, batch).other_flops + 6144
+            );
+        }
     }
 }

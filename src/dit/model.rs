@@ -11,8 +11,8 @@ use candle_nn::{Linear, VarBuilder};
 
 use super::DitConfig;
 use crate::nn::{
-    apply_rope, attention, key_padding_bias, merge_heads, rope_3d, sinusoidal, split_heads,
-    LayerNorm, Mlp,
+    apply_rope, attention, key_padding_bias, merge_heads, rope_3d, sincos_3d, sinusoidal,
+    split_heads, LayerNorm, Mlp,
 };
 use crate::patch::{patchify, positions, unpatchify, Remainder};
 use crate::vae::blocks::{apply_last, linear_zero};
@@ -104,6 +104,8 @@ impl Block {
 pub struct Dit {
     pub config: DitConfig,
     x_embed: Linear,
+    /// Absolute positions, when the config asks for them: `(D, 6F)`, zero at start.
+    pos_proj: Option<Linear>,
     t_mlp1: Linear,
     t_mlp2: Linear,
     context_proj: Linear,
@@ -125,6 +127,13 @@ impl Dit {
         Ok(Self {
             config: config.clone(),
             x_embed: candle_nn::linear(p, d, vb.pp("x_embed"))?,
+            pos_proj: if config.pos_embed {
+                let shape = (d, config.pos_features() as usize);
+                let w = vb.get_with_hints(shape, "pos_proj.weight", candle_nn::Init::Const(0.0))?;
+                Some(Linear::new(w, None))
+            } else {
+                None
+            },
             t_mlp1: candle_nn::linear(config.freq_dim, d, vb.pp("t_mlp1"))?,
             t_mlp2: candle_nn::linear(d, d, vb.pp("t_mlp2"))?,
             context_proj: candle_nn::linear(e, d, vb.pp("context_proj"))?,
@@ -179,6 +188,10 @@ impl Dit {
             sin: &sin,
         };
         let mut x = apply_last(&self.x_embed, tokens)?; // (B, N, D)
+        if let Some(pos_proj) = &self.pos_proj {
+            let features = sincos_3d(positions, tokens.device())?.to_dtype(self.dtype())?;
+            x = x.broadcast_add(&pos_proj.forward_t(&features)?)?; // + (N, D)
+        }
         for block in &self.blocks {
             x = block.forward(&x, &cond)?;
         }

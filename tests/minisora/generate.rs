@@ -73,6 +73,7 @@ fn job<'a>(vae_dir: &'a Path, run: RunConfig) -> DitJob<'a> {
             context_dim: 16,
             context_len: 16,
             freq_dim: 32,
+            pos_embed: true,
         },
         text: TextConfig {
             vocab_size: 0,
