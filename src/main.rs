@@ -408,6 +408,18 @@ struct TrainDitArgs {
     /// DiT preset: default, S, B, L, XL
     #[arg(long, default_value = "default")]
     preset: String,
+    /// Patch size T,H,W over the latent, instead of the preset's
+    #[arg(long)]
+    patch: Option<PatchSize>,
+    /// Model width, instead of the preset's
+    #[arg(long)]
+    hidden: Option<usize>,
+    /// Transformer blocks, instead of the preset's
+    #[arg(long)]
+    depth: Option<usize>,
+    /// Attention heads, instead of the preset's
+    #[arg(long)]
+    heads: Option<usize>,
     /// Training clips: "shapes" (rendered on the fly) or a clip folder
     #[arg(long, default_value = "shapes")]
     data: String,
@@ -846,7 +858,14 @@ fn train_vae(args: TrainVaeArgs) -> Result<()> {
 fn train_dit(args: TrainDitArgs) -> Result<()> {
     use minisora::train::{dit, RunConfig, Session};
     let preset = minisora::preset::preset(&args.preset)?;
-    let text = minisora::text::TextConfig::for_dit(&preset.dit);
+    let dit = minisora::dit::DitConfig {
+        patch: args.patch.unwrap_or(preset.dit.patch),
+        hidden: args.hidden.unwrap_or(preset.dit.hidden),
+        depth: args.depth.unwrap_or(preset.dit.depth),
+        heads: args.heads.unwrap_or(preset.dit.heads),
+        ..preset.dit.clone()
+    };
+    let text = minisora::text::TextConfig::for_dit(&dit);
     let run = RunConfig {
         steps: args.steps,
         batch: args.batch,
@@ -863,7 +882,7 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
         ema_decay: args.ema,
     };
     let job = dit::DitJob {
-        dit: preset.dit.clone(),
+        dit,
         text,
         run,
         vae_dir: &args.vae,
@@ -1611,6 +1630,15 @@ fn run() -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // `minisora bench --json | head` ends quietly when its reader stops, as
+    // other command-line tools do, instead of panicking in `println!`:
+    // restore SIGPIPE's default action, which Rust's runtime sets to ignore.
+    #[cfg(unix)]
+    // SAFETY: first thing in main, before any other thread exists; it only
+    // changes how the process reacts to one signal
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,6 +1,7 @@
 //! Fused transformer ops with hand-written backward passes: LayerNorm with
-//! adaLN modulation, softmax over the last axis, tanh-GELU, and rotary
-//! position embedding.
+//! adaLN modulation, softmax over the last axis, tanh-GELU, SiLU, and
+//! rotary position embedding; the element-wise loops are `vmath`'s
+//! (vectorised, and cut into blocks for candle's CPU thread pool).
 //!
 //! Built from candle's generic ops, each of these is a chain of element-wise
 //! passes over the whole tensor (LayerNorm + modulation: 9 forward, about 20
@@ -15,6 +16,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 
 use super::gather::contiguous_f32;
+use super::vmath;
 use crate::{invalid, Result};
 
 /// Whether the CPU implementations apply: every input on the CPU in f32.
@@ -128,15 +130,22 @@ impl CustomOp3 for NormModulate {
         let x = contiguous_f32(s1, l1, self.name())?;
         let shift = contiguous_f32(s2, l2, self.name())?;
         let scale = contiguous_f32(s3, l3, self.name())?;
-        let (b, n, d) = l1.shape().dims3()?;
+        let (_, n, d) = l1.shape().dims3()?;
         let s = l2.shape().dims3()?.1;
         let mut out = vec![0f32; x.len()];
-        for_rows(b, n, s, |r, m| {
-            let row = &x[r * d..(r + 1) * d];
-            let (mean, rstd) = row_stats(row, self.eps);
-            let (sh, sc) = (&shift[m * d..(m + 1) * d], &scale[m * d..(m + 1) * d]);
-            for (j, o) in out[r * d..(r + 1) * d].iter_mut().enumerate() {
-                *o = (row[j] - mean) * rstd * (1.0 + sc[j]) + sh[j];
+        if d == 0 {
+            return Ok((CpuStorage::F32(out), l1.shape().clone()));
+        }
+        vmath::par_blocks(&mut out, d, |offset, block| {
+            for (k, o) in block.chunks_exact_mut(d).enumerate() {
+                let r = offset / d + k;
+                let m = (r / n) * s + if s == 1 { 0 } else { r % n };
+                let row = &x[r * d..(r + 1) * d];
+                let (mean, rstd) = row_stats(row, self.eps);
+                let (sh, sc) = (&shift[m * d..(m + 1) * d], &scale[m * d..(m + 1) * d]);
+                for (j, oj) in o.iter_mut().enumerate() {
+                    *oj = (row[j] - mean) * rstd * (1.0 + sc[j]) + sh[j];
+                }
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -315,16 +324,9 @@ impl CustomOp1 for Softmax {
         let x = contiguous_f32(s, l, self.name())?;
         let d = l.shape().dims().last().copied().unwrap_or(1).max(1);
         let mut out = vec![0f32; x.len()];
-        for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-            let max = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-            let mut sum = 0f32;
-            for (oj, &v) in o.iter_mut().zip(row) {
-                *oj = (v - max).exp();
-                sum += *oj;
-            }
-            let inv = 1.0 / sum;
-            o.iter_mut().for_each(|v| *v *= inv);
-        }
+        vmath::par_blocks(&mut out, d, |offset, block| {
+            vmath::softmax_rows(&x[offset..offset + block.len()], block, d)
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -352,40 +354,35 @@ impl CustomOp2 for SoftmaxBackward {
         let dy = contiguous_f32(s2, l2, self.name())?;
         let d = l1.shape().dims().last().copied().unwrap_or(1).max(1);
         let mut out = vec![0f32; y.len()];
-        for ((yr, gr), o) in y
-            .chunks_exact(d)
-            .zip(dy.chunks_exact(d))
-            .zip(out.chunks_exact_mut(d))
-        {
-            let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-            for j in 0..d {
-                o[j] = yr[j] * (gr[j] - dot);
+        vmath::par_blocks(&mut out, d, |offset, block| {
+            let range = offset..offset + block.len();
+            for ((yr, gr), o) in y[range.clone()]
+                .chunks_exact(d)
+                .zip(dy[range].chunks_exact(d))
+                .zip(block.chunks_exact_mut(d))
+            {
+                let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                for j in 0..d {
+                    o[j] = yr[j] * (gr[j] - dot);
+                }
             }
-        }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
 // ---------------------------------------------------------------------------
-// GELU, tanh approximation
-
-const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-const GELU_C: f32 = 0.044_715;
-
-/// `(1 + tanh(u)) / 2 = 1 / (1 + exp(-2u))` at `u = sqrt(2 / pi) (v + 0.044715 v^3)`.
-#[inline]
-fn half_one_plus_tanh(v: f32) -> f32 {
-    let u = SQRT_2_OVER_PI * (v + GELU_C * v * v * v);
-    1.0 / (1.0 + (-2.0 * u).exp())
-}
+// element-wise activations: GELU (tanh approximation) and SiLU
 
 /// GELU with the tanh approximation (candle's `gelu`, DiT's MLP), with a
-/// one-pass backward.
+/// one-pass backward. `0.5 (1 + tanh(u)) = sigmoid(2u)`: one exp instead of
+/// glibc's `tanhf` (an `expm1f` inside; measured 20% of a DiT training
+/// step), and that exp vectorised (`vmath`).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if !fused_ok(&[x]) {
         return gelu_reference(x);
     }
-    Ok(x.contiguous()?.apply_op1(Gelu)?)
+    Ok(x.contiguous()?.apply_op1(GELU)?)
 }
 
 /// candle's own `gelu` (its backward is a dozen generic ops).
@@ -393,32 +390,78 @@ pub fn gelu_reference(x: &Tensor) -> Result<Tensor> {
     Ok(x.gelu()?)
 }
 
-struct Gelu;
-struct GeluBackward;
+/// SiLU `x * sigmoid(x)` (the compression network's activation), with a
+/// one-pass backward; candle's `silu` calls libm's `expf` per value and
+/// its backward is several generic ops.
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    if !fused_ok(&[x]) {
+        return silu_reference(x);
+    }
+    Ok(x.contiguous()?.apply_op1(SILU)?)
+}
 
-impl CustomOp1 for Gelu {
+/// candle's own `silu`.
+pub fn silu_reference(x: &Tensor) -> Result<Tensor> {
+    Ok(x.silu()?)
+}
+
+/// An element-wise activation as a custom op: `forward(x, y)` and
+/// `backward(x, dy, dx)` are `vmath` loops, run over blocks on the pool.
+struct Activation {
+    name: &'static str,
+    backward_name: &'static str,
+    forward: fn(&[f32], &mut [f32]),
+    backward: fn(&[f32], &[f32], &mut [f32]),
+}
+
+const GELU: Activation = Activation {
+    name: "gelu-tanh",
+    backward_name: "gelu-tanh-backward",
+    forward: vmath::gelu,
+    backward: vmath::gelu_backward,
+};
+
+const SILU: Activation = Activation {
+    name: "silu",
+    backward_name: "silu-backward",
+    forward: vmath::silu,
+    backward: vmath::silu_backward,
+};
+
+/// The gradient of an [`Activation`] with respect to its input.
+struct ActivationBackward {
+    name: &'static str,
+    backward: fn(&[f32], &[f32], &mut [f32]),
+}
+
+impl CustomOp1 for Activation {
     fn name(&self) -> &'static str {
-        "gelu-tanh"
+        self.name
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l, self.name())?;
-        // 0.5 (1 + tanh(u)) = sigmoid(2u): one expf instead of glibc's
-        // tanhf (an expm1f inside; measured 20% of a DiT training step)
-        let out = x.iter().map(|&v| v * half_one_plus_tanh(v)).collect();
+        let x = contiguous_f32(s, l, self.name)?;
+        let mut out = vec![0f32; x.len()];
+        vmath::par_blocks(&mut out, 1, |offset, block| {
+            (self.forward)(&x[offset..offset + block.len()], block)
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(
-            x.apply_op2_no_bwd(&grad.contiguous()?, &GeluBackward)?,
-        ))
+        Ok(Some(x.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &ActivationBackward {
+                name: self.backward_name,
+                backward: self.backward,
+            },
+        )?))
     }
 }
 
-impl CustomOp2 for GeluBackward {
+impl CustomOp2 for ActivationBackward {
     fn name(&self) -> &'static str {
-        "gelu-tanh-backward"
+        self.name
     }
 
     fn cpu_fwd(
@@ -430,16 +473,11 @@ impl CustomOp2 for GeluBackward {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, self.name())?;
         let dy = contiguous_f32(s2, l2, self.name())?;
-        let out = x
-            .iter()
-            .zip(dy)
-            .map(|(&v, &g)| {
-                // s = sigmoid(2u) = (1 + tanh u) / 2, ds/du = 2 s (1 - s)
-                let s = half_one_plus_tanh(v);
-                let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * v * v);
-                g * (s + v * 2.0 * s * (1.0 - s) * du)
-            })
-            .collect();
+        let mut out = vec![0f32; x.len()];
+        vmath::par_blocks(&mut out, 1, |offset, block| {
+            let range = offset..offset + block.len();
+            (self.backward)(&x[range.clone()], &dy[range], block)
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -562,9 +600,17 @@ mod tests {
     #[test]
     fn norm_modulate_matches_the_reference() {
         // per-clip and per-token modulation, and a row of width 1
-        for (i, &(b, n, s, d)) in [(2, 5, 1, 8), (3, 4, 4, 6), (1, 3, 1, 1), (2, 7, 7, 33)]
-            .iter()
-            .enumerate()
+        // (the last two big enough to be cut into blocks for the thread pool)
+        for (i, &(b, n, s, d)) in [
+            (2, 5, 1, 8),
+            (3, 4, 4, 6),
+            (1, 3, 1, 1),
+            (2, 7, 7, 33),
+            (2, 300, 1, 64),
+            (2, 300, 300, 64),
+        ]
+        .iter()
+        .enumerate()
         {
             let seed = 10 * i as u64;
             let inputs = [
@@ -645,24 +691,28 @@ mod tests {
 
     #[test]
     fn softmax_matches_the_reference_with_masked_entries() {
-        let x = random(&[2, 3, 5, 7], 3, 3.0);
-        // a large negative bias, as attention masks use
-        let mask = Tensor::from_vec(
-            (0..7)
-                .map(|j| if j == 6 { -1e9f32 } else { 0.0 })
-                .collect::<Vec<_>>(),
-            7,
-            &Device::Cpu,
-        )
-        .unwrap();
-        let x = x.broadcast_add(&mask).unwrap();
-        check(
-            &[x],
-            |t| softmax_last(&t[0]).unwrap(),
-            |t| softmax_last_reference(&t[0]).unwrap(),
-            1e-5,
-            "softmax",
-        );
+        // small, and big enough to be cut into blocks for the thread pool
+        for shape in [[2, 3, 5, 7], [2, 6, 50, 130]] {
+            let m = shape[3];
+            let x = random(&shape, 3, 3.0);
+            // a large negative bias, as attention masks use
+            let mask = Tensor::from_vec(
+                (0..m)
+                    .map(|j| if j == m - 1 { -1e9f32 } else { 0.0 })
+                    .collect::<Vec<_>>(),
+                m,
+                &Device::Cpu,
+            )
+            .unwrap();
+            let x = x.broadcast_add(&mask).unwrap();
+            check(
+                &[x],
+                |t| softmax_last(&t[0]).unwrap(),
+                |t| softmax_last_reference(&t[0]).unwrap(),
+                1e-5,
+                "softmax",
+            );
+        }
     }
 
     #[test]
@@ -690,12 +740,28 @@ mod tests {
 
     #[test]
     fn gelu_matches_candles() {
-        check(
-            &[random(&[4, 9, 13], 4, 3.0)],
-            |t| gelu(&t[0]).unwrap(),
-            |t| gelu_reference(&t[0]).unwrap(),
-            1e-4,
-            "gelu",
-        );
+        // small, and big enough to be cut into blocks for the thread pool
+        for shape in [&[4, 9, 13][..], &[3, 100, 130]] {
+            check(
+                &[random(shape, 4, 3.0)],
+                |t| gelu(&t[0]).unwrap(),
+                |t| gelu_reference(&t[0]).unwrap(),
+                1e-4,
+                "gelu",
+            );
+        }
+    }
+
+    #[test]
+    fn silu_matches_candles() {
+        for shape in [&[4, 9, 13][..], &[3, 100, 130]] {
+            check(
+                &[random(shape, 5, 4.0)],
+                |t| silu(&t[0]).unwrap(),
+                |t| silu_reference(&t[0]).unwrap(),
+                1e-4,
+                "silu",
+            );
+        }
     }
 }

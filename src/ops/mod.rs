@@ -11,13 +11,14 @@ mod fused;
 mod gather;
 #[cfg(test)]
 pub(crate) mod test_util;
+mod vmath;
 
 pub use attention::{
     flash_attention, flash_attention_reference, flash_attention_with, AttentionKernel,
 };
 pub use fused::{
-    gelu, gelu_reference, norm_modulate, norm_modulate_reference, rope, rope_reference,
-    softmax_last, softmax_last_reference,
+    gelu, gelu_reference, norm_modulate, norm_modulate_reference, rope, rope_reference, silu,
+    silu_reference, softmax_last, softmax_last_reference,
 };
 pub use gather::{gather_neighbours, gather_neighbours_reference};
 

@@ -5,7 +5,7 @@
 use candle_core::{Module, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 
-use crate::ops::gather_neighbours;
+use crate::ops::{gather_neighbours, silu};
 use crate::Result;
 
 /// A linear layer whose weights and bias start at zero, so that a residual
@@ -90,8 +90,8 @@ impl ResBlock {
     /// # Shapes
     /// `(B, T, H, W, D) -> (B, T, H, W, D)`
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.spatial.forward(&x.silu()?)?;
-        let y = self.temporal.forward(&y.silu()?)?;
+        let y = self.spatial.forward(&silu(x)?)?;
+        let y = self.temporal.forward(&silu(&y)?)?;
         Ok((x + y)?)
     }
 }

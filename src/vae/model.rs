@@ -5,6 +5,7 @@ use candle_nn::{Linear, VarBuilder};
 
 use super::blocks::{apply_last, linear_zero, ResBlock, SpatialMix};
 use super::VaeConfig;
+use crate::ops::silu;
 use crate::patch::{patchify, unpatchify, PatchSize, Remainder};
 use crate::Result;
 
@@ -56,7 +57,7 @@ struct PixelRefine {
 impl PixelRefine {
     /// `(B, T, H, W, P) -> (B, T, H, W, 3)`
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let hid = self.conv.forward(x)?.silu()?;
+        let hid = silu(&self.conv.forward(x)?)?;
         Ok((x.narrow(4, 0, 3)? + apply_last(&self.out, &hid)?)?)
     }
 }
@@ -131,12 +132,12 @@ impl Vae {
         let [lt, lh, lw] = self.config.latent_size([t, h, w])?;
         let tokens = patchify(x, self.patch(), Remainder::Reject)?.tokens; // (B, N, 3*ft*fs*fs)
         let e = &self.encoder;
-        let hid = apply_last(&e.embed1, &tokens)?.silu()?;
+        let hid = silu(&apply_last(&e.embed1, &tokens)?)?;
         let mut hid = apply_last(&e.embed2, &hid)?.reshape((b, lt, lh, lw, self.config.width))?;
         for block in &e.blocks {
             hid = block.forward(&hid)?;
         }
-        let stats = apply_last(&e.out, &hid.silu()?)?.permute((0, 4, 1, 2, 3))?; // (B, 2C, T', H', W')
+        let stats = apply_last(&e.out, &silu(&hid)?)?.permute((0, 4, 1, 2, 3))?; // (B, 2C, T', H', W')
         let c = self.config.latent_channels;
         Ok(Posterior {
             mean: stats.narrow(1, 0, c)?.contiguous()?,
@@ -153,7 +154,7 @@ impl Vae {
         for block in &d.blocks {
             hid = block.forward(&hid)?;
         }
-        let hid = apply_last(&d.head1, &hid.silu()?)?.silu()?;
+        let hid = silu(&apply_last(&d.head1, &silu(&hid)?)?)?;
         let (ft, fs) = (self.config.ft, self.config.fs);
         let Some(pixel) = &d.pixel else {
             let tokens =

@@ -485,6 +485,61 @@ fn train_dit_then_generate_end_to_end() {
             text(&o)
         );
     }
+
+    // the preset's patch, width, depth and heads can be overridden; the
+    // checkpoint records them, and generate builds the model from it
+    let custom = [
+        &train[..train.len() - size.len() - 1],
+        &[
+            "custom", "--patch", "2,2,2", "--hidden", "24", "--heads", "3",
+        ],
+        &["--depth", "2"],
+        &size,
+    ]
+    .concat();
+    let o = minisora(&custom, d);
+    assert!(o.status.success(), "{}", text(&o));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("custom/checkpoint/config.json")).unwrap())
+            .unwrap();
+    let dit = &config["dit"];
+    assert_eq!(
+        (
+            &dit["hidden"],
+            &dit["depth"],
+            &dit["heads"],
+            &dit["patch"]["t"]
+        ),
+        (&24.into(), &2.into(), &3.into(), &2.into()),
+        "{dit}"
+    );
+    let o = minisora(
+        &[
+            "generate",
+            "a red circle",
+            "--checkpoint",
+            "custom/checkpoint",
+            "--steps",
+            "1",
+            "-o",
+            "c.png",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    // a width the heads do not divide is refused with the reason
+    let bad = [
+        &train[..train.len() - size.len() - 1],
+        &["bad", "--hidden", "25"],
+        &size,
+    ]
+    .concat();
+    let o = minisora(&bad, d);
+    assert!(
+        !o.status.success() && text(&o).contains("heads") && !text(&o).contains("panicked"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -620,6 +675,32 @@ fn bench_times_a_tiny_step_and_its_json_has_every_field() {
         "{}",
         text(&o)
     );
+}
+
+/// `minisora ... | head` ends quietly when the reader stops reading: killed
+/// by SIGPIPE, as other command-line tools are, not a panic with a backtrace.
+#[cfg(unix)]
+#[test]
+fn a_closed_output_pipe_ends_the_program_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_minisora"))
+        .args([
+            "bench", "--preset", "tiny", "--tokens", "8", "--repeat", "1",
+        ])
+        .args(["--warmup", "0", "--json"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // the reader goes away before the JSON (written after the timing) comes
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(13), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]

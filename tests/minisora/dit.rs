@@ -23,7 +23,7 @@ fn tiny() -> DitConfig {
         context_dim: 16,
         context_len: 6,
         freq_dim: 32,
-            pos_embed: true,
+        pos_embed: true,
     }
 }
 
