@@ -66,7 +66,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> R
     }
     let dh = q.dim(D::Minus1)?;
     // the scale on q (N x Dh values) rather than on the scores (N x M);
-    // k^T copied to contiguous: the matmul on a strided k^T measured 30%
+    // k^T copied to contiguous: the matmul on a strided k^T measured 1.6x
     // slower for the default preset's 12 heads of 64 tokens
     let q = (q * (1.0 / (dh as f64).sqrt()))?;
     let scores = q.matmul(&k.t()?.contiguous()?)?; // (B, H, N, M)
