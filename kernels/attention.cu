@@ -272,6 +272,292 @@ ATTN_MMA_ALL(bf16, __nv_bfloat16)
 ATTN_MMA_ALL(f16, __half)
 
 // ---------------------------------------------------------------------------
+// the pipelined tensor-core kernel
+//
+// `attn_mma`'s online softmax with FlashAttention-2's data movement:
+// - K and V tiles are copied in 16-byte pieces by `cp.async` (no trip
+//   through registers), into one of two shared buffers while the warps
+//   compute on the other (STAGES = 2; one buffer where two would pass the
+//   48 KB of static shared memory, head dims over 80);
+// - fragments are read with `ldmatrix`: K as it is (the B operand of
+//   Q K^T is K's rows), V transposed (`.trans`: the B operand of P V takes
+//   two keys of one dimension), one instruction for four 8x8 matrices
+//   instead of `attn_mma`'s four 32-bit (K) or eight 16-bit (V) loads;
+// - MT tiles of 16 query rows per warp, so that every K and V fragment read
+//   from shared memory feeds MT products.
+// Needs dh % 8 == 0 and k, v starting on 16 bytes (whole 16-byte pieces
+// per row); the Rust side checks and otherwise runs `attn_mma`.
+
+__device__ __forceinline__ unsigned smem_u32(const void *p) {
+    return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes from global to shared memory, or 16 zero bytes when !valid
+// (src-size 0: nothing is read, so `src` only has to be a global address)
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)),
+                 "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// waits until at most N of this thread's copy groups are still in flight
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Four 8x8 b16 matrices; lanes 8i .. 8i+7 give the row addresses of matrix
+// i, and r[i] is this lane's part of it: row lane/4, columns 2(lane%4) and
+// 2(lane%4) + 1; with .trans, rows 2(lane%4) and 2(lane%4) + 1 of column
+// lane/4 (PTX ISA, "Warp-level matrix load instruction: ldmatrix").
+__device__ __forceinline__ void ldmatrix_x4(unsigned r[4], const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+
+template <typename T, int DP, int MT, int STAGES>
+__device__ void attn_mma2(const T *__restrict__ q, const T *__restrict__ k,
+                          const T *__restrict__ v, const unsigned *__restrict__ qseg,
+                          const unsigned *__restrict__ kseg, T *__restrict__ out, int heads, int n,
+                          int m, int dh, float scale) {
+    constexpr int BQ = 64 * MT;  // query rows per block: 4 warps x MT x 16
+    constexpr int BK = 64;       // keys per tile
+    constexpr int STRIDE = DP + 8;  // rows 16 bytes apart mod 128: ldmatrix without bank conflicts
+    constexpr int CHUNKS = DP / 8;  // 16-byte pieces per row
+    __shared__ __align__(16) T ks[STAGES][BK * STRIDE];
+    __shared__ __align__(16) T vs[STAGES][BK * STRIDE];
+    __shared__ unsigned ksg[STAGES][BK];
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane >> 2, t = lane & 3;
+    const int mi = lane >> 3, mr = lane & 7;  // ldmatrix: which matrix, which row this lane addresses
+    const int bh = blockIdx.y, b = bh / heads;
+    const T *qb = q + (size_t)bh * n * dh;
+    const T *kb = k + (size_t)bh * m * dh;
+    const T *vb = v + (size_t)bh * m * dh;
+    T *ob = out + (size_t)bh * n * dh;
+    const float scale_log2 = scale * 1.4426950408889634f;
+
+    int rows[MT][2];
+    unsigned seg[MT][2];
+    unsigned qf[MT][DP / 16][4];
+    float o[MT][DP / 8][4];
+    float mx[MT][2], l[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        rows[mt][0] = blockIdx.x * BQ + (warp * MT + mt) * 16 + g;
+        rows[mt][1] = rows[mt][0] + 8;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int r = rows[mt][h];
+            seg[mt][h] = r < n ? (qseg ? qseg[(size_t)b * n + r] : 1u) : 0u;
+            mx[mt][h] = -INFINITY;
+            l[mt][h] = 0.f;
+        }
+#pragma unroll
+        for (int kc = 0; kc < DP / 16; ++kc) {
+            const int col = kc * 16 + 2 * t;
+            qf[mt][kc][0] = load_pair(qb, rows[mt][0], col, n, dh);
+            qf[mt][kc][1] = load_pair(qb, rows[mt][1], col, n, dh);
+            qf[mt][kc][2] = load_pair(qb, rows[mt][0], col + 8, n, dh);
+            qf[mt][kc][3] = load_pair(qb, rows[mt][1], col + 8, n, dh);
+        }
+#pragma unroll
+        for (int dc = 0; dc < DP / 8; ++dc) {
+            o[mt][dc][0] = o[mt][dc][1] = o[mt][dc][2] = o[mt][dc][3] = 0.f;
+        }
+    }
+
+    // tile j0's keys into buffer `stage`: zeros past the last key and the
+    // head dimension (a masked probability is 0, and 0 times garbage could
+    // be NaN)
+    auto load = [&](int stage, int j0) {
+        for (int e = threadIdx.x; e < BK * CHUNKS; e += blockDim.x) {
+            const int r = e / CHUNKS, col = 8 * (e % CHUNKS);
+            const bool ok = j0 + r < m && col < dh;
+            const size_t at = ok ? (size_t)(j0 + r) * dh + col : 0;
+            cp_async16(&ks[stage][r * STRIDE + col], kb + at, ok);
+            cp_async16(&vs[stage][r * STRIDE + col], vb + at, ok);
+        }
+        if (threadIdx.x < BK) {
+            const int j = j0 + threadIdx.x;
+            ksg[stage][threadIdx.x] = j < m ? (kseg ? kseg[(size_t)b * m + j] : 1u) : 0u;
+        }
+        cp_async_commit();
+    };
+
+    const int tiles = (m + BK - 1) / BK;
+    load(0, 0);
+    for (int it = 0; it < tiles; ++it) {
+        const int st = STAGES == 2 ? (it & 1) : 0;
+        if (STAGES == 2 && it + 1 < tiles) {
+            // the other buffer was last read in iteration it - 1, which
+            // ended with a barrier
+            load((it + 1) & 1, (it + 1) * BK);
+            cp_async_wait<1>();
+        } else {
+            if (STAGES == 1 && it > 0) {
+                load(0, it * BK);
+            }
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const T *kt = ks[st];
+        const T *vt = vs[st];
+
+        // S = Q K^T, 16 x 64 per query tile: s[mt][nc] covers keys nc*8 .. nc*8+7
+        float s[MT][BK / 8][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int nc = 0; nc < BK / 8; ++nc) {
+                s[mt][nc][0] = s[mt][nc][1] = s[mt][nc][2] = s[mt][nc][3] = 0.f;
+            }
+        }
+#pragma unroll
+        for (int nc = 0; nc < BK / 8; nc += 2) {
+#pragma unroll
+            for (int kc = 0; kc < DP / 16; ++kc) {
+                // matrices: keys nc*8.. and (nc+1)*8.. by dims kc*16 and kc*16 + 8
+                // = b0, b1 of key block nc, then of nc + 1
+                unsigned kf[4];
+                ldmatrix_x4(kf, kt + (nc * 8 + (mi >> 1) * 8 + mr) * STRIDE + kc * 16 + (mi & 1) * 8);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma16816<T>(s[mt][nc], qf[mt][kc], kf[0], kf[1]);
+                    mma16816<T>(s[mt][nc + 1], qf[mt][kc], kf[2], kf[3]);
+                }
+            }
+        }
+
+        // the online softmax, as in attn_mma
+        const unsigned *sg = ksg[st];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            float tmax0 = -INFINITY, tmax1 = -INFINITY;
+#pragma unroll
+            for (int nc = 0; nc < BK / 8; ++nc) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const unsigned ksv = sg[nc * 8 + 2 * t + e];
+                    s[mt][nc][e] = (ksv != 0u && ksv == seg[mt][0]) ? s[mt][nc][e] * scale_log2 : -INFINITY;
+                    s[mt][nc][2 + e] =
+                        (ksv != 0u && ksv == seg[mt][1]) ? s[mt][nc][2 + e] * scale_log2 : -INFINITY;
+                    tmax0 = fmaxf(tmax0, s[mt][nc][e]);
+                    tmax1 = fmaxf(tmax1, s[mt][nc][2 + e]);
+                }
+            }
+            tmax0 = fmaxf(tmax0, __shfl_xor_sync(0xffffffffu, tmax0, 1));
+            tmax0 = fmaxf(tmax0, __shfl_xor_sync(0xffffffffu, tmax0, 2));
+            tmax1 = fmaxf(tmax1, __shfl_xor_sync(0xffffffffu, tmax1, 1));
+            tmax1 = fmaxf(tmax1, __shfl_xor_sync(0xffffffffu, tmax1, 2));
+            const float new0 = fmaxf(mx[mt][0], tmax0), new1 = fmaxf(mx[mt][1], tmax1);
+            const float base0 = new0 == -INFINITY ? 0.f : new0;
+            const float base1 = new1 == -INFINITY ? 0.f : new1;
+            const float alpha0 = exp2f(mx[mt][0] - base0), alpha1 = exp2f(mx[mt][1] - base1);
+            float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+            for (int nc = 0; nc < BK / 8; ++nc) {
+                s[mt][nc][0] = exp2f(s[mt][nc][0] - base0);
+                s[mt][nc][1] = exp2f(s[mt][nc][1] - base0);
+                s[mt][nc][2] = exp2f(s[mt][nc][2] - base1);
+                s[mt][nc][3] = exp2f(s[mt][nc][3] - base1);
+                sum0 += s[mt][nc][0] + s[mt][nc][1];
+                sum1 += s[mt][nc][2] + s[mt][nc][3];
+            }
+            sum0 += __shfl_xor_sync(0xffffffffu, sum0, 1);
+            sum0 += __shfl_xor_sync(0xffffffffu, sum0, 2);
+            sum1 += __shfl_xor_sync(0xffffffffu, sum1, 1);
+            sum1 += __shfl_xor_sync(0xffffffffu, sum1, 2);
+            l[mt][0] = l[mt][0] * alpha0 + sum0;
+            l[mt][1] = l[mt][1] * alpha1 + sum1;
+            mx[mt][0] = new0;
+            mx[mt][1] = new1;
+#pragma unroll
+            for (int dc = 0; dc < DP / 8; ++dc) {
+                o[mt][dc][0] *= alpha0;
+                o[mt][dc][1] *= alpha0;
+                o[mt][dc][2] *= alpha1;
+                o[mt][dc][3] *= alpha1;
+            }
+        }
+
+        // O += P V, 16 keys at a time; P's accumulators are the A operand
+#pragma unroll
+        for (int kc = 0; kc < BK / 16; ++kc) {
+            unsigned a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                a[mt][0] = pack2<T>(s[mt][2 * kc][0], s[mt][2 * kc][1]);
+                a[mt][1] = pack2<T>(s[mt][2 * kc][2], s[mt][2 * kc][3]);
+                a[mt][2] = pack2<T>(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
+                a[mt][3] = pack2<T>(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
+            }
+#pragma unroll
+            for (int dc = 0; dc < DP / 8; dc += 2) {
+                // matrices: keys kc*16.. and kc*16+8.. by dims dc*8 and dc*8 + 8,
+                // transposed = b0, b1 of dims dc, then of dc + 1
+                unsigned vf[4];
+                ldmatrix_x4_trans(vf, vt + (kc * 16 + (mi & 1) * 8 + mr) * STRIDE + dc * 8 + (mi >> 1) * 8);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma16816<T>(o[mt][dc], a[mt], vf[0], vf[1]);
+                    mma16816<T>(o[mt][dc + 1], a[mt], vf[2], vf[3]);
+                }
+            }
+        }
+        __syncthreads();  // every warp is done with buffer st before it is refilled
+    }
+
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        const float inv0 = l[mt][0] > 0.f ? 1.f / l[mt][0] : 0.f;
+        const float inv1 = l[mt][1] > 0.f ? 1.f / l[mt][1] : 0.f;
+#pragma unroll
+        for (int dc = 0; dc < DP / 8; ++dc) {
+            const int col = dc * 8 + 2 * t;
+            if (col < dh) {
+                if (rows[mt][0] < n) {
+                    *reinterpret_cast<unsigned *>(ob + (size_t)rows[mt][0] * dh + col) =
+                        pack2<T>(o[mt][dc][0] * inv0, o[mt][dc][1] * inv0);
+                }
+                if (rows[mt][1] < n) {
+                    *reinterpret_cast<unsigned *>(ob + (size_t)rows[mt][1] * dh + col) =
+                        pack2<T>(o[mt][dc][2] * inv1, o[mt][dc][3] * inv1);
+                }
+            }
+        }
+    }
+}
+
+// MT = 2 query tiles per warp up to head dim 80 (128 rows a block), 1 above
+// (the accumulators would spill); two buffers while they fit 48 KB
+#define ATTN_MMA2(NAME, T, DP)                                                                 \
+    extern "C" __global__ void __launch_bounds__(128)                                          \
+        NAME(const T *q, const T *k, const T *v, const unsigned *qseg, const unsigned *kseg,   \
+             T *out, int heads, int n, int m, int dh, float scale) {                           \
+        attn_mma2<T, DP, (DP <= 80 ? 2 : 1), (DP <= 80 ? 2 : 1)>(q, k, v, qseg, kseg, out,     \
+                                                                 heads, n, m, dh, scale);      \
+    }
+
+#define ATTN_MMA2_ALL(TNAME, T)                                                                \
+    ATTN_MMA2(attn_mma2_##TNAME##_d16, T, 16)                                                  \
+    ATTN_MMA2(attn_mma2_##TNAME##_d32, T, 32)                                                  \
+    ATTN_MMA2(attn_mma2_##TNAME##_d48, T, 48)                                                  \
+    ATTN_MMA2(attn_mma2_##TNAME##_d64, T, 64)                                                  \
+    ATTN_MMA2(attn_mma2_##TNAME##_d80, T, 80)                                                  \
+    ATTN_MMA2(attn_mma2_##TNAME##_d96, T, 96)                                                  \
+    ATTN_MMA2(attn_mma2_##TNAME##_d112, T, 112)                                                \
+    ATTN_MMA2(attn_mma2_##TNAME##_d128, T, 128)
+
+ATTN_MMA2_ALL(bf16, __nv_bfloat16)
+ATTN_MMA2_ALL(f16, __half)
+
+// ---------------------------------------------------------------------------
 // the CUDA-core kernel
 
 constexpr int SCALAR_BQ = 32;   // queries per block: 128 threads, 4 per query

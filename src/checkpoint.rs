@@ -156,6 +156,41 @@ pub fn load_into(
     Ok(())
 }
 
+/// A copy of `varmap` with every variable converted to `dtype` (models for
+/// inference in bf16 or f16: build them with `VarBuilder::from_varmap` on
+/// the copy, in the same `dtype`).
+pub fn varmap_as(
+    varmap: &candle_nn::VarMap,
+    dtype: candle_core::DType,
+) -> Result<candle_nn::VarMap> {
+    let out = candle_nn::VarMap::new();
+    {
+        let mut data = out
+            .data()
+            .lock()
+            .map_err(|_| Error::Invalid("variable map poisoned".into()))?;
+        for (name, t) in named_tensors(varmap)? {
+            data.insert(name, candle_core::Var::from_tensor(&t.to_dtype(dtype)?)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The dtype and device of `varmap`'s variables (f32 on the CPU when empty).
+pub fn varmap_dtype_device(
+    varmap: &candle_nn::VarMap,
+) -> Result<(candle_core::DType, candle_core::Device)> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::Invalid("variable map poisoned".into()))?;
+    Ok(data
+        .values()
+        .next()
+        .map(|v| (v.dtype(), v.device().clone()))
+        .unwrap_or((candle_core::DType::F32, candle_core::Device::Cpu)))
+}
+
 /// All variables of `varmap` by name, for saving.
 pub fn named_tensors(varmap: &candle_nn::VarMap) -> Result<HashMap<String, Tensor>> {
     let vars = varmap

@@ -134,9 +134,27 @@ struct SamplingArgs {
     /// [default: the shift the model was trained with]
     #[arg(long)]
     shift: Option<f64>,
+    /// cpu, or cuda (a minisora built with --features cuda, an NVIDIA GPU):
+    /// every stage (text encoder, DiT, sampler, decoder) runs there
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Weights and activations: f32, bf16 or f16 (the sampler's state stays
+    /// f32) [default: f32 on the CPU, bf16 on a GPU]
+    #[arg(long)]
+    dtype: Option<String>,
 }
 
 impl SamplingArgs {
+    fn device_dtype(&self) -> Result<(Device, candle_core::DType)> {
+        let device = parse_device(&self.device)?;
+        let dtype = match &self.dtype {
+            Some(d) => parse_dtype(d)?,
+            None if device.is_cpu() => candle_core::DType::F32,
+            None => candle_core::DType::BF16,
+        };
+        Ok((device, dtype))
+    }
+
     fn options(&self, seed: u64, canvas: Canvas) -> minisora::pipeline::SampleOptions {
         minisora::pipeline::SampleOptions {
             seed,
@@ -240,10 +258,11 @@ enum BenchCommand {
     /// On an NVIDIA GPU: kernel parity, the bf16 matmul peak, and one denoising step per preset and token count
     #[command(
         after_help = "Needs a minisora built with --features cuda. In order: each of minisora's CUDA \
-        kernels (LayerNorm + modulation, RoPE, fused attention) on random inputs against its CPU \
-        reference, printing the relative error and pass/fail (1e-4 in f32, 1e-2 in bf16 and f16), and \
-        a whole DiT forward against the CPU; the bf16 matrix multiply peak (--peak-size cubed); \
-        the attention kernel alone at the presets' shapes from 16k tokens; then one DiT forward for \
+        kernels (LayerNorm + modulation, RoPE, fused attention: scalar, mma and pipelined) on random \
+        inputs against its CPU reference, printing the relative error and pass/fail (1e-4 in f32, \
+        1e-2 in bf16 and f16), and a whole DiT forward against the CPU; the bf16 matrix multiply \
+        peak (--peak-size cubed); the tensor-core attention kernels that passed, alone at the \
+        presets' shapes from 16k tokens (the fastest then runs the steps); then one DiT forward for \
         each preset and token count: median ms, counted FLOPs, TFLOP/s, fraction of the peak, peak \
         memory. Repeats are sized so that everything fits --budget-s; cases that would not fit are \
         reported as skipped. Exit status 1 if a parity check fails.\n\n\
@@ -279,6 +298,10 @@ struct BenchGpuCheckArgs {
     /// Also write the report here as JSON (benches/peer/gpu_speed.py reads it)
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Only write the planned step cases to --json and stop (no GPU needed):
+    /// the PyTorch peer's cases, for a run where minisora's part cannot start
+    #[arg(long, requires = "json")]
+    plan_only: bool,
 }
 
 #[derive(Args)]
@@ -956,7 +979,11 @@ fn bench_gpu_check(args: BenchGpuCheckArgs) -> Result<()> {
     for name in &args.presets {
         minisora::preset::preset(name)?;
     }
-    let device = parse_device(&args.device)?;
+    let device = if args.plan_only {
+        Device::Cpu
+    } else {
+        parse_device(&args.device)?
+    };
     let opts = gpu::GpuCheckOptions {
         presets: args.presets,
         tokens: args.tokens,
@@ -979,6 +1006,9 @@ fn bench_gpu_check(args: BenchGpuCheckArgs) -> Result<()> {
         plan: gpu::plan(&opts)?,
         ..Default::default()
     })?;
+    if args.plan_only {
+        return Ok(());
+    }
     let report = gpu::run(
         &device,
         &opts,
@@ -1006,7 +1036,7 @@ fn bench_steps(args: BenchStepsArgs) -> Result<()> {
     if args.count == 0 {
         bail!("--count must be at least 1");
     }
-    let (meta, model, vae) = load_model(&args.checkpoint)?;
+    let (meta, model, vae) = load_model(&args.checkpoint, &Device::Cpu, candle_core::DType::F32)?;
     let prompts = minisora::eval::held_out_prompts(args.count);
     let base = minisora::pipeline::SampleOptions {
         seed: 0,
@@ -1297,7 +1327,8 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
 
 fn generate(args: GenerateArgs) -> Result<()> {
     use minisora::pipeline;
-    let (meta, model, vae) = load_model(&args.checkpoint)?;
+    let (device, dtype) = args.sampling.device_dtype()?;
+    let (meta, model, vae) = load_model(&args.checkpoint, &device, dtype)?;
     let canvas = args.clip.canvas()?;
     let options = args.sampling.options(args.seed, canvas);
     let write = WriteOptions {
@@ -1327,7 +1358,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     };
     let bar = progress_bar(jobs.len() as u64, 0)?;
     for (prompt, out) in &jobs {
-        let g = pipeline::generate(&model, &meta, &vae, prompt, &options, &Device::Cpu)
+        let g = pipeline::generate(&model, &meta, &vae, prompt, &options, &device)
             .with_context(|| format!("prompt \"{prompt}\""))?;
         video::write(out, &g.frames.view(), &write)?;
         if args.show_steps {
@@ -1365,6 +1396,8 @@ fn generate(args: GenerateArgs) -> Result<()> {
 /// Loads a text-to-video checkpoint, or the shipped one when none is named.
 fn load_model(
     checkpoint: &Option<PathBuf>,
+    device: &Device,
+    dtype: candle_core::DType,
 ) -> Result<(
     minisora::train::dit::DitMeta,
     minisora::train::dit::TextToVideo,
@@ -1377,11 +1410,12 @@ fn load_model(
             dir.display()
         );
     }
-    Ok(minisora::train::dit::load(&dir, &Device::Cpu)?)
+    Ok(minisora::train::dit::load_as(&dir, device, dtype)?)
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
-    let (meta, model, vae) = load_model(&args.checkpoint)?;
+    let (device, dtype) = args.sampling.device_dtype()?;
+    let (meta, model, vae) = load_model(&args.checkpoint, &device, dtype)?;
     let prompts = match &args.prompts {
         Some(file) => std::fs::read_to_string(file)
             .with_context(|| format!("cannot read {}", file.display()))?
@@ -1400,8 +1434,13 @@ fn eval(args: EvalArgs) -> Result<()> {
         &vae,
         &prompts,
         &options,
-        &Device::Cpu,
-        minisora::train::parallel::worker_threads(prompts.len()),
+        &device,
+        // one GPU: prompts one after another; the CPU: one a core
+        if device.is_cpu() {
+            minisora::train::parallel::worker_threads(prompts.len())
+        } else {
+            1
+        },
         |d| bar.set_position(d as u64),
     )?;
     bar.finish_and_clear();

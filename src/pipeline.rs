@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::data::shapes_world::Canvas;
 use crate::diffusion::{guide, sampler, timesteps, Denoiser, SamplerState};
@@ -42,17 +42,25 @@ struct Guided<'a> {
 }
 
 impl Denoiser for Guided<'_> {
+    /// The sampler's state stays in f32 whatever the model's dtype: `x_t`
+    /// goes in rounded to the weights' dtype, the velocity comes back in f32.
     fn velocity(&self, x_t: &Tensor, t: f64) -> Result<Tensor> {
         let device = x_t.device();
+        let x = x_t.to_dtype(self.model.dit.dtype())?;
         let v = if self.cfg == 1.0 {
             let time = Tensor::new(&[t as f32], device)?;
-            self.model.velocity(x_t, &time, &self.cond)?
+            self.model
+                .velocity(&x, &time, &self.cond)?
+                .to_dtype(DType::F32)?
         } else {
             // conditional and unconditional in one batch of 2
-            let x2 = Tensor::cat(&[x_t, x_t], 0)?;
+            let x2 = Tensor::cat(&[&x, &x], 0)?;
             let time = Tensor::new(&[t as f32, t as f32], device)?;
             let ids = Tensor::cat(&[&self.cond, &self.uncond], 0)?;
-            let v = self.model.velocity(&x2, &time, &ids)?;
+            let v = self
+                .model
+                .velocity(&x2, &time, &ids)?
+                .to_dtype(DType::F32)?;
             guide(&v.narrow(0, 0, 1)?, &v.narrow(0, 1, 1)?, self.cfg)?
         };
         self.last_prediction.replace(Some((x_t - (&v * t)?)?));
@@ -68,10 +76,11 @@ pub struct Generated {
     pub predictions: Vec<Tensor>,
 }
 
-/// Decodes normalised latents `(1, C, T', H', W')` to frames.
+/// Decodes normalised latents `(1, C, T', H', W')` to frames (in the
+/// autoencoder's dtype).
 pub fn decode(vae: &VaeCheckpoint, z: &Tensor) -> Result<Frames> {
     let (scale, shift) = (vae.meta.scale_factor, vae.meta.latent_mean);
-    let latent = z.affine(1.0 / scale, shift)?;
+    let latent = z.affine(1.0 / scale, shift)?.to_dtype(vae.dtype()?)?;
     tensor_to_frames(&vae.vae.decode(&latent)?.clamp(-1.0, 1.0)?)
 }
 

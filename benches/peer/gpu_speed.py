@@ -39,6 +39,14 @@ from minisora_dit import MinisoraDiT  # noqa: E402
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
+# "cuda", or "cpu" for a dry run of the whole script on small cases (`--device cpu`)
+DEVICE = "cuda"
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        sync()
+
 
 def median(samples: list[float]) -> float:
     """The median as minisora's `bench::median_p90` takes it (the upper middle of an even count)."""
@@ -49,12 +57,12 @@ def median(samples: list[float]) -> float:
 def time_ms(fn, repeat: int) -> float:
     """Median milliseconds of `fn` over `repeat` calls after one warm-up, synchronised."""
     fn()
-    torch.cuda.synchronize()
+    sync()
     times = []
     for _ in range(max(repeat, 1)):
         start = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        sync()
         times.append((time.perf_counter() - start) * 1e3)
     return median(times)
 
@@ -103,26 +111,29 @@ def time_steps(args: argparse.Namespace, report: dict[str, Any], deadline: float
         try:
             if key != model_key:
                 model = None
-                torch.cuda.empty_cache()
+                if DEVICE == "cuda":
+                    torch.cuda.empty_cache()
                 # built on the GPU directly: initialising XL on the CPU takes seconds
-                with torch.device("cuda"):
+                with torch.device(DEVICE):
                     model = MinisoraDiT(case["dit"]).to(dtype).eval()
                 model_key = key
             b, (lt, lh, lw) = case["batch"], case["latent"]
             dit = case["dit"]
-            x = torch.randn(b, dit["latent_channels"], lt, lh, lw, device="cuda", dtype=dtype)
-            t = torch.full((b,), 0.5, device="cuda", dtype=dtype)
-            context = torch.randn(b, dit["context_len"], dit["context_dim"], device="cuda", dtype=dtype)
-            pooled = torch.randn(b, dit["context_dim"], device="cuda", dtype=dtype)
-            keep = torch.ones(b, dit["context_len"], device="cuda", dtype=dtype)
-            torch.cuda.reset_peak_memory_stats()
-            before = torch.cuda.memory_allocated()
+            x = torch.randn(b, dit["latent_channels"], lt, lh, lw, device=DEVICE, dtype=dtype)
+            t = torch.full((b,), 0.5, device=DEVICE, dtype=dtype)
+            context = torch.randn(b, dit["context_len"], dit["context_dim"], device=DEVICE, dtype=dtype)
+            pooled = torch.randn(b, dit["context_dim"], device=DEVICE, dtype=dtype)
+            keep = torch.ones(b, dit["context_len"], device=DEVICE, dtype=dtype)
+            cuda = DEVICE == "cuda"
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated() if cuda else 0
             with torch.inference_mode():
                 ms = time_ms(lambda: model(x, t, context, pooled, keep), repeat)
             row.update(
                 median_ms=ms,
                 tflops=flops / (ms / 1e3) / 1e12,
-                peak_memory_bytes=torch.cuda.max_memory_allocated() - before,
+                peak_memory_bytes=torch.cuda.max_memory_allocated() - before if cuda else 0,
                 repeat=repeat,
             )
             print(f"torch {case['preset']} {case['tokens']}: {ms:.2f} ms", flush=True)
@@ -130,23 +141,40 @@ def time_steps(args: argparse.Namespace, report: dict[str, Any], deadline: float
             row["skipped"] = f"out of memory: {err}".splitlines()[0]
             print(f"torch {case['preset']} {case['tokens']}: {row['skipped']}", flush=True)
             model, model_key = None, None
-            torch.cuda.empty_cache()
+            if DEVICE == "cuda":
+                torch.cuda.empty_cache()
     return rows
 
 
 def time_attention(args: argparse.Namespace, report: dict[str, Any]) -> list[dict[str, Any]]:
-    """SDPA at the (B, H, N, Dh) shapes minisora's attention kernel was timed at."""
+    """SDPA at each (B, H, N, Dh) shape minisora's attention kernels were timed at."""
     dtype = DTYPES[args.dtype]
     rows = []
+    shapes = []
     for a in report.get("attention", []):
-        b, h, n, dh = a["batch"], a["heads"], a["tokens"], a["head_dim"]
-        q, k, v = (torch.randn(b, h, n, dh, device="cuda", dtype=dtype) for _ in range(3))
+        shape = (a["batch"], a["heads"], a["tokens"], a["head_dim"])
+        if shape not in shapes:
+            shapes.append(shape)
+    for b, h, n, dh in shapes:
+        q, k, v = (torch.randn(b, h, n, dh, device=DEVICE, dtype=dtype) for _ in range(3))
+        flops = 4.0 * b * h * n * n * dh
         with torch.inference_mode():
             ms = time_ms(lambda: F.scaled_dot_product_attention(q, k, v), 5)
-        flops = 4.0 * b * h * n * n * dh
+            # each backend SDPA can choose from, to tell which one it chose
+            backends = {}
+            for name in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION"):
+                try:
+                    from torch.nn.attention import SDPBackend, sdpa_kernel
+                    with sdpa_kernel(getattr(SDPBackend, name)):
+                        backends[name.lower()] = time_ms(lambda: F.scaled_dot_product_attention(q, k, v), 3)
+                except Exception as err:  # a backend this torch or GPU lacks
+                    backends[name.lower()] = f"unavailable: {str(err).splitlines()[0][:80]}"
         rows.append({"batch": b, "heads": h, "tokens": n, "head_dim": dh, "median_ms": ms,
-                     "tflops": flops / (ms / 1e3) / 1e12})
-        print(f"torch sdpa {b}x{h}x{n}x{dh}: {ms:.2f} ms", flush=True)
+                     "tflops": flops / (ms / 1e3) / 1e12, "backends_ms": backends})
+        print(f"torch sdpa {b}x{h}x{n}x{dh}: {ms:.2f} ms ({flops / (ms / 1e3) / 1e12:.1f} TFLOP/s); by backend: "
+              + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in backends.items()),
+              flush=True)
+        del q, k, v
     return rows
 
 
@@ -158,7 +186,7 @@ def print_tables(report: dict[str, Any], steps: list[dict[str, Any]], attention:
     mine = {(s["preset"], s["tokens"]): s for s in report.get("steps", [])}
     peak = report.get("matmul_peak_gflops") or 0.0
     print(f"\ndenoising step, batch {steps[0]['batch'] if steps else '-'}, "
-          f"torch {torch.__version__}, {torch.cuda.get_device_name()}; "
+          f"torch {torch.__version__}, {torch.cuda.get_device_name() if DEVICE == 'cuda' else 'cpu'}; "
           f"bf16 matmul peak {peak / 1e3:.1f} TFLOP/s (minisora's measurement)")
     print(f"{'preset':<6} {'tokens':>6} {'minisora ms':>11} {'TFLOP/s':>8} {'peak':>5} {'mem GiB':>8}"
           f" {'torch ms':>9} {'TFLOP/s':>8} {'mem GiB':>8} {'ratio':>6}")
@@ -176,12 +204,17 @@ def print_tables(report: dict[str, Any], steps: list[dict[str, Any]], attention:
               f" {fmt(row.get('tflops'), '8.1f')} {fmt(t_mem, '8.2f')} {fmt(ratio, '6.2f')}")
     print("ratio: minisora / torch (above 1: minisora slower); peak: minisora's TFLOP/s over the matmul peak")
     if attention:
+        sdpa = {(t["batch"], t["heads"], t["tokens"], t["head_dim"]): t for t in attention}
         print("\nattention alone (no mask)")
-        print(f"{'shape':<20} {'minisora ms':>11} {'TFLOP/s':>8} {'sdpa ms':>8} {'TFLOP/s':>8} {'ratio':>6}")
-        for m, t in zip(report.get("attention", []), attention):
+        print(f"{'kernel':<10} {'shape':<20} {'minisora ms':>11} {'TFLOP/s':>8} {'sdpa ms':>8} {'TFLOP/s':>8} {'ratio':>6}")
+        for m in report.get("attention", []):
+            t = sdpa.get((m["batch"], m["heads"], m["tokens"], m["head_dim"]))
             shape = f"{m['batch']}x{m['heads']}x{m['tokens']}x{m['head_dim']}"
-            print(f"{shape:<20} {m['median_ms']:>11.2f} {m['tflops']:>8.1f} {t['median_ms']:>8.2f}"
-                  f" {t['tflops']:>8.1f} {m['median_ms'] / t['median_ms']:>6.2f}")
+            t_ms = t["median_ms"] if t else None
+            print(f"{m.get('kernel', '-'):<10} {shape:<20} {m['median_ms']:>11.2f} {m['tflops']:>8.1f}"
+                  f" {fmt(t_ms, '8.2f')} {fmt(t['tflops'] if t else None, '8.1f')}"
+                  f" {fmt(m['median_ms'] / t_ms if t_ms else None, '6.2f')}")
+        print(f"the steps ran minisora's {report.get('attention_kernel', '?')} kernel")
 
 
 def main() -> int:
@@ -190,8 +223,12 @@ def main() -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--budget-s", type=float, default=100.0, help="seconds for the step cases")
     parser.add_argument("--json", type=Path, help="also write the torch figures here")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                        help="cpu: a dry run of the script (small cases), not a measurement")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE == "cuda" and not torch.cuda.is_available():
         print("error: this torch sees no GPU", file=sys.stderr)
         return 2
     try:

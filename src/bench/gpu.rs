@@ -52,6 +52,8 @@ pub struct GpuCheckOptions {
 #[derive(Clone, Debug, Serialize)]
 pub struct Parity {
     pub what: String,
+    /// The attention kernel checked (`scalar`, `mma`, `pipelined`), or empty.
+    pub kernel: String,
     pub dtype: String,
     pub rel_error: f64,
     pub tolerance: f64,
@@ -61,6 +63,8 @@ pub struct Parity {
 /// minisora's attention kernel alone.
 #[derive(Clone, Debug, Serialize)]
 pub struct AttentionTiming {
+    /// `mma` or `pipelined` (see `kernels/README.md`).
+    pub kernel: String,
     pub batch: usize,
     pub heads: usize,
     pub tokens: usize,
@@ -92,6 +96,8 @@ pub struct GpuCheckReport {
     pub matmul_peak_gflops: f64,
     pub parity: Vec<Parity>,
     pub attention: Vec<AttentionTiming>,
+    /// The attention kernel the steps ran (the fastest that passed parity).
+    pub attention_kernel: String,
     pub steps: Vec<StepReport>,
     /// Cases left out, with the reason.
     pub skipped: Vec<String>,
@@ -181,9 +187,25 @@ pub fn parity_checks(
 ) -> Result<Vec<Parity>> {
     let sz = |n: usize| if quick { n.div_ceil(10) } else { n };
     let mut out = Vec::new();
-    let mut record = |what: String, dtype: DType, tol: f64, err: f64| {
+    // a check whose GPU side fails (a launch error, a kernel that does not
+    // load) is recorded as failed with its error; the run goes on
+    let mut record = |what: String, dtype: DType, tol: f64, err: Result<f64>| {
+        let err = match err {
+            Ok(e) => e,
+            Err(e) => {
+                on_line(format!("parity {what} {}: error: {e}", dtype_name(dtype)));
+                f64::INFINITY
+            }
+        };
+        let kernel = AttentionKernel::ALL
+            .iter()
+            .map(|k| k.name())
+            .find(|k| what.starts_with("attention") && what.ends_with(&format!(", {k}")))
+            .unwrap_or("")
+            .to_string();
         let p = Parity {
             what,
+            kernel,
             dtype: dtype_name(dtype),
             rel_error: err,
             tolerance: tol,
@@ -210,17 +232,20 @@ pub fn parity_checks(
             let shift = input(&[2, s, 1152], 2, 0.5, dtype)?;
             let scale = input(&[2, s, 1152], 3, 0.5, dtype)?;
             let want = ops::norm_modulate_reference(&x, &shift, &scale, 1e-6)?;
-            let got = ops::norm_modulate(
-                &gpu(&x, dtype, device)?,
-                &gpu(&shift, dtype, device)?,
-                &gpu(&scale, dtype, device)?,
-                1e-6,
-            )?;
+            let got = || {
+                let got = ops::norm_modulate(
+                    &gpu(&x, dtype, device)?,
+                    &gpu(&shift, dtype, device)?,
+                    &gpu(&scale, dtype, device)?,
+                    1e-6,
+                )?;
+                rel_error(&got, &want)
+            };
             record(
                 format!("norm_modulate 2x{n}x1152, {what}"),
                 dtype,
                 tol,
-                rel_error(&got, &want)?,
+                got(),
             );
         }
         // RoPE with the DiT's 3D tables (head dim 72, as XL)
@@ -228,45 +253,35 @@ pub fn parity_checks(
         let (cos, sin) = crate::nn::rope_3d(&positions, 72, &Device::Cpu)?;
         let x = input(&[2, 4, n, 72], 4, 1.0, dtype)?;
         let want = ops::rope_reference(&x, &cos, &sin)?;
-        let got = ops::rope(
-            &gpu(&x, dtype, device)?,
-            &cos.to_device(device)?,
-            &sin.to_device(device)?,
-        )?;
-        record(
-            format!("rope 2x4x{n}x72"),
-            dtype,
-            tol,
-            rel_error(&got, &want)?,
-        );
+        let got = || {
+            let got = ops::rope(
+                &gpu(&x, dtype, device)?,
+                &cos.to_device(device)?,
+                &sin.to_device(device)?,
+            )?;
+            rel_error(&got, &want)
+        };
+        record(format!("rope 2x4x{n}x72"), dtype, tol, got());
     }
 
-    // attention: (B, H, N, M, Dh, segments, kernel)
-    type Case = (
-        usize,
-        usize,
-        usize,
-        usize,
-        usize,
-        &'static str,
-        AttentionKernel,
-    );
+    // attention: (B, H, N, M, Dh, segments); every kernel on every case
+    // (f32: the scalar kernel only, the one f32 runs); the shapes cover
+    // both tile sizes and buffer counts of the pipelined kernel, partial
+    // tiles of queries and keys, and head dims padded up to 16
+    type Case = (usize, usize, usize, usize, usize, &'static str);
     let cases: [Case; 9] = [
-        (2, 4, 1000, 1000, 64, "none", AttentionKernel::Auto),
-        (2, 4, 1000, 1000, 72, "none", AttentionKernel::Auto),
-        (1, 2, 777, 1234, 128, "none", AttentionKernel::Auto),
-        (2, 3, 500, 500, 32, "none", AttentionKernel::Auto),
-        (2, 4, 1000, 1000, 72, "none", AttentionKernel::Scalar),
-        (2, 4, 1000, 1000, 64, "packed", AttentionKernel::Auto),
-        (2, 4, 1000, 1000, 64, "packed", AttentionKernel::Scalar),
-        (3, 4, 1000, 16, 72, "key padding", AttentionKernel::Auto),
-        (2, 2, 100, 100, 16, "none", AttentionKernel::Auto),
+        (2, 4, 1000, 1000, 64, "none"),
+        (2, 4, 1000, 1000, 72, "none"),
+        (1, 2, 777, 1234, 128, "none"),
+        (1, 2, 300, 200, 96, "none"),
+        (2, 3, 500, 500, 32, "none"),
+        (2, 4, 1000, 1000, 64, "packed"),
+        (3, 4, 1000, 16, 72, "key padding"),
+        (2, 2, 100, 100, 16, "none"),
+        (1, 2, 130, 70, 36, "none"),
     ];
     for dtype in [DType::F32, DType::BF16, DType::F16] {
-        for (i, &(b, h, n, m, dh, mask, kernel)) in cases.iter().enumerate() {
-            if dtype == DType::F32 && kernel == AttentionKernel::Scalar {
-                continue; // f32 always runs the scalar kernel
-            }
+        for (i, &(b, h, n, m, dh, mask)) in cases.iter().enumerate() {
             let (n, m) = (sz(n), if m == 16 { m } else { sz(m) });
             let seed = 10 + 3 * i as u64;
             let q = input(&[b, h, n, dh], seed, 1.5, dtype)?;
@@ -287,27 +302,40 @@ pub fn parity_checks(
             };
             let want =
                 ops::flash_attention_reference(&q, &k, &v, segments.as_ref().map(|(a, b)| (a, b)))?;
-            let gpu_segments = match &segments {
-                Some((a, b)) => Some((a.to_device(device)?, b.to_device(device)?)),
-                None => None,
+            let on_gpu = || -> Result<_> {
+                Ok(match &segments {
+                    Some((a, b)) => Some((a.to_device(device)?, b.to_device(device)?)),
+                    None => None,
+                })
             };
-            let got = ops::flash_attention_with(
-                &gpu(&q, dtype, device)?,
-                &gpu(&k, dtype, device)?,
-                &gpu(&v, dtype, device)?,
-                gpu_segments.as_ref().map(|(a, b)| (a, b)),
-                kernel,
-            )?;
-            let kernel_name = match (dtype, kernel) {
-                (DType::F32, _) | (_, AttentionKernel::Scalar) => "scalar",
-                _ => "mma",
+            let gpu_segments = on_gpu();
+            let kernels: &[AttentionKernel] = if dtype == DType::F32 {
+                &[AttentionKernel::Scalar]
+            } else {
+                &AttentionKernel::ALL
             };
-            record(
-                format!("attention {b}x{h}x{n}x{m}x{dh} {mask}, {kernel_name}"),
-                dtype,
-                tolerance(dtype),
-                rel_error(&got, &want)?,
-            );
+            for &kernel in kernels {
+                let got = || {
+                    let segs = match &gpu_segments {
+                        Ok(s) => s.as_ref().map(|(a, b)| (a, b)),
+                        Err(e) => crate::invalid!("segment ids to the GPU: {e}"),
+                    };
+                    let got = ops::flash_attention_with(
+                        &gpu(&q, dtype, device)?,
+                        &gpu(&k, dtype, device)?,
+                        &gpu(&v, dtype, device)?,
+                        segs,
+                        kernel,
+                    )?;
+                    rel_error(&got, &want)
+                };
+                record(
+                    format!("attention {b}x{h}x{n}x{m}x{dh} {mask}, {}", kernel.name()),
+                    dtype,
+                    tolerance(dtype),
+                    got(),
+                );
+            }
         }
     }
 
@@ -356,15 +384,18 @@ pub fn parity_checks(
     // f32 sums in another order over six blocks; bf16 rounds every
     // activation to 8 bits: these are whole-model tolerances, not kernel ones
     for (dtype, tol) in [(DType::F32, 1e-3), (DType::BF16, 5e-2)] {
-        let vb = candle_nn::VarBuilder::from_tensors(tensors.clone(), dtype, device);
-        let model = crate::dit::Dit::new(cfg, vb)?;
-        let on = |t: &Tensor| gpu(t, dtype, device);
-        let got = model.forward(&on(&x)?, &on(&t)?, &on(&ctx)?, &on(&pooled)?, &on(&keep)?)?;
+        let got = || {
+            let vb = candle_nn::VarBuilder::from_tensors(tensors.clone(), dtype, device);
+            let model = crate::dit::Dit::new(cfg, vb)?;
+            let on = |t: &Tensor| gpu(t, dtype, device);
+            let got = model.forward(&on(&x)?, &on(&t)?, &on(&ctx)?, &on(&pooled)?, &on(&keep)?)?;
+            rel_error(&got, &want)
+        };
         record(
             format!("DiT forward, default preset, 2x{} tokens", sz(256)),
             dtype,
             tol,
-            rel_error(&got, &want)?,
+            got(),
         );
     }
     Ok(out)
@@ -373,19 +404,12 @@ pub fn parity_checks(
 /// 32k keys and queries in bf16, checked on the first and last 64 queries.
 fn long_sequence_check(
     device: &Device,
-    record: &mut impl FnMut(String, DType, f64, f64),
+    record: &mut impl FnMut(String, DType, f64, Result<f64>),
 ) -> Result<()> {
     let (n, dh) = (32_768, 64);
     let q = input(&[1, 2, n, dh], 50, 1.0, DType::BF16)?;
     let k = input(&[1, 2, n, dh], 51, 1.0, DType::BF16)?;
     let v = input(&[1, 2, n, dh], 52, 1.0, DType::BF16)?;
-    let got = ops::flash_attention(
-        &gpu(&q, DType::BF16, device)?,
-        &gpu(&k, DType::BF16, device)?,
-        &gpu(&v, DType::BF16, device)?,
-        None,
-    )?
-    .to_device(&Device::Cpu)?;
     let rows = |t: &Tensor| -> Result<Tensor> {
         Ok(Tensor::cat(
             &[t.narrow(2, 0, 64)?, t.narrow(2, n - 64, 64)?],
@@ -393,13 +417,28 @@ fn long_sequence_check(
         )?)
     };
     let want = ops::flash_attention_reference(&rows(&q)?, &k, &v, None)?;
-    record(
-        "attention 1x2x32768x32768x64, 128 rows checked".into(),
-        DType::BF16,
-        1e-2,
-        rel_error(&rows(&got)?, &want)?,
-    );
-
+    for kernel in [AttentionKernel::Mma, AttentionKernel::Pipelined] {
+        let got = || {
+            let got = ops::flash_attention_with(
+                &gpu(&q, DType::BF16, device)?,
+                &gpu(&k, DType::BF16, device)?,
+                &gpu(&v, DType::BF16, device)?,
+                None,
+                kernel,
+            )?
+            .to_device(&Device::Cpu)?;
+            rel_error(&rows(&got)?, &want)
+        };
+        record(
+            format!(
+                "attention 1x2x32768x32768x64 (128 rows checked), {}",
+                kernel.name()
+            ),
+            DType::BF16,
+            1e-2,
+            got(),
+        );
+    }
     Ok(())
 }
 
@@ -417,10 +456,11 @@ fn time_ms(device: &Device, repeat: usize, mut f: impl FnMut() -> Result<()>) ->
     Ok(median_p90(&mut times).0)
 }
 
-/// minisora's attention kernel alone at `(B, H, N, Dh)` shapes.
+/// minisora's tensor-core attention kernels alone at `(B, H, N, Dh)` shapes.
 pub fn attention_timings(
     device: &Device,
     dtype: DType,
+    kernels: &[AttentionKernel],
     shapes: &[[usize; 4]],
     mut on_line: impl FnMut(String),
 ) -> Result<Vec<AttentionTiming>> {
@@ -430,27 +470,67 @@ pub fn attention_timings(
             Ok(randn(&mut Rng::new(seed), &[b, h, n, dh], device)?.to_dtype(dtype)?)
         };
         let (q, k, v) = (mk(1)?, mk(2)?, mk(3)?);
-        let ms = time_ms(device, 5, || {
-            ops::flash_attention(&q, &k, &v, None)?;
-            Ok(())
-        })?;
-        let flops = 4.0 * (b * h) as f64 * (n as f64).powi(2) * dh as f64;
-        let t = AttentionTiming {
-            batch: b,
-            heads: h,
-            tokens: n,
-            head_dim: dh,
-            dtype: dtype_name(dtype),
-            median_ms: ms,
-            tflops: flops / (ms / 1e3) / 1e12,
-        };
-        on_line(format!(
-            "attention kernel {b}x{h}x{n}x{dh} {}: {:.2} ms, {:.1} TFLOP/s",
-            t.dtype, t.median_ms, t.tflops
-        ));
-        out.push(t);
+        for &kernel in kernels {
+            let timed = time_ms(device, 5, || {
+                ops::flash_attention_with(&q, &k, &v, None, kernel)?;
+                Ok(())
+            });
+            let ms = match timed {
+                Ok(ms) => ms,
+                Err(e) => {
+                    on_line(format!(
+                        "attention kernel {} {b}x{h}x{n}x{dh}: error: {e}",
+                        kernel.name()
+                    ));
+                    continue;
+                }
+            };
+            let flops = 4.0 * (b * h) as f64 * (n as f64).powi(2) * dh as f64;
+            let t = AttentionTiming {
+                kernel: kernel.name().into(),
+                batch: b,
+                heads: h,
+                tokens: n,
+                head_dim: dh,
+                dtype: dtype_name(dtype),
+                median_ms: ms,
+                tflops: flops / (ms / 1e3) / 1e12,
+            };
+            on_line(format!(
+                "attention kernel {:<9} {b}x{h}x{n}x{dh} {}: {:.2} ms, {:.1} TFLOP/s",
+                t.kernel, t.dtype, t.median_ms, t.tflops
+            ));
+            out.push(t);
+        }
     }
     Ok(out)
+}
+
+/// The tensor-core kernels whose every parity check passed, in the order
+/// of [`AttentionKernel::ALL`].
+fn passing_kernels(parity: &[Parity]) -> Vec<AttentionKernel> {
+    [AttentionKernel::Mma, AttentionKernel::Pipelined]
+        .into_iter()
+        .filter(|k| {
+            let checks: Vec<_> = parity.iter().filter(|p| p.kernel == k.name()).collect();
+            !checks.is_empty() && checks.iter().all(|p| p.pass)
+        })
+        .collect()
+}
+
+/// The fastest of `kernels` by total time over the shapes timed.
+fn fastest(kernels: &[AttentionKernel], timings: &[AttentionTiming]) -> Option<AttentionKernel> {
+    let total = |k: &AttentionKernel| -> f64 {
+        timings
+            .iter()
+            .filter(|t| t.kernel == k.name())
+            .map(|t| t.median_ms)
+            .sum()
+    };
+    kernels
+        .iter()
+        .copied()
+        .min_by(|a, b| total(a).total_cmp(&total(b)))
 }
 
 /// The whole check: parity, peak, attention, steps, within `opts.budget`.
@@ -499,7 +579,19 @@ pub fn run(
             }
         }
     }
-    report.attention = attention_timings(device, opts.dtype, &shapes, &mut on_line)?;
+    // the kernels that passed, timed; the fastest runs the steps
+    let kernels = passing_kernels(&report.parity);
+    report.attention = attention_timings(device, opts.dtype, &kernels, &shapes, &mut on_line)?;
+    match fastest(&kernels, &report.attention) {
+        Some(k) => {
+            ops::set_default_attention_kernel(k);
+            on_line(format!("attention kernel of the steps: {}", k.name()));
+        }
+        None => on_line(
+            "no tensor-core attention kernel passed its parity checks: the steps run the default one anyway (FAILURES ABOVE)".into(),
+        ),
+    }
+    report.attention_kernel = ops::default_attention_kernel().name().into();
     on_report(&report);
 
     let cases = report.plan.clone();

@@ -32,13 +32,67 @@ use crate::{invalid, Result};
 /// Keys per block of the CPU online softmax (the GPU kernels use 64 and 32).
 const CPU_KEY_BLOCK: usize = 64;
 
-/// Which GPU kernel runs (ignored on the CPU).
+/// Which GPU kernel runs (ignored on the CPU; see `kernels/README.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionKernel {
-    /// Tensor cores for bf16 and f16, CUDA cores for f32.
+    /// The process default ([`set_default_attention_kernel`]; `Pipelined`
+    /// unless set) for bf16 and f16, CUDA cores for f32.
     Auto,
     /// CUDA cores for every dtype (the f32-exact path; for parity checks).
     Scalar,
+    /// Tensor cores (`mma.sync`), tiles copied through registers in 32-bit
+    /// words: the first kernel, kept as the fallback of `Pipelined`.
+    Mma,
+    /// Tensor cores with `cp.async` double buffering and `ldmatrix`
+    /// fragments, two query tiles a warp up to head dim 80; head dims that
+    /// are not a multiple of 8, or k and v not starting on 16 bytes, run
+    /// `Mma`.
+    Pipelined,
+}
+
+impl AttentionKernel {
+    /// Every kernel a parity check or benchmark compares.
+    pub const ALL: [AttentionKernel; 3] = [Self::Scalar, Self::Mma, Self::Pipelined];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Scalar => "scalar",
+            Self::Mma => "mma",
+            Self::Pipelined => "pipelined",
+        }
+    }
+
+    /// `Auto` made concrete: the process default.
+    pub fn resolve(self) -> AttentionKernel {
+        match self {
+            Self::Auto => default_attention_kernel(),
+            k => k,
+        }
+    }
+}
+
+static DEFAULT_KERNEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(3);
+
+/// The kernel `AttentionKernel::Auto` runs for 16-bit types from now on
+/// (`Auto` itself means `Pipelined`). `bench gpu-check` sets the fastest
+/// kernel that passed its parity checks.
+pub fn set_default_attention_kernel(kernel: AttentionKernel) {
+    let code = match kernel {
+        AttentionKernel::Scalar => 1,
+        AttentionKernel::Mma => 2,
+        AttentionKernel::Auto | AttentionKernel::Pipelined => 3,
+    };
+    DEFAULT_KERNEL.store(code, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// What `AttentionKernel::Auto` runs for 16-bit types.
+pub fn default_attention_kernel() -> AttentionKernel {
+    match DEFAULT_KERNEL.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => AttentionKernel::Scalar,
+        2 => AttentionKernel::Mma,
+        _ => AttentionKernel::Pipelined,
+    }
 }
 
 /// Softmax attention with scale `1 / sqrt(Dh)`, fused, with an optional
@@ -89,8 +143,9 @@ pub fn flash_attention_with(
             .to_dtype(q.dtype())?);
     }
     if q.device().is_cuda() && super::cuda::attention_supported(dh) {
-        // the tensor-core kernel reads pairs of 16-bit values as one
-        // 32-bit word: a view starting at an odd element gets a copy
+        // the tensor-core kernels read pairs of 16-bit values as one
+        // 32-bit word: a view starting at an odd element gets a copy (the
+        // pipelined kernel's 16-byte alignment is checked at its launch)
         let aligned = |t: Tensor| -> Result<Tensor> {
             Ok(if t.layout().start_offset() % 2 == 1 {
                 t.copy()?

@@ -267,9 +267,25 @@ mod imp {
         if b * h > 65_535 {
             bail!("{OP}: batch x heads = {} is over the grid's 65535", b * h);
         }
-        // tensor cores for 16-bit types; f32 (exact) and `Scalar` on CUDA cores
-        let (name, rows_per_block) = if suffix != "f32" && kernel == AttentionKernel::Auto {
-            (format!("attn_mma_{suffix}_d{}", dh.div_ceil(16) * 16), 64)
+        // tensor cores for 16-bit types; f32 (exact) and `Scalar` on CUDA
+        // cores. The pipelined kernel copies 16-byte pieces of k and v rows:
+        // whole pieces only (dh % 8 == 0), starting on 16 bytes (cudaMalloc
+        // gives 256-byte aligned buffers; a view must start on a multiple
+        // of 8 elements)
+        let dp = dh.div_ceil(16) * 16;
+        let pieces = dh % 8 == 0 && lk.start_offset() % 8 == 0 && lv.start_offset() % 8 == 0;
+        let kernel = match kernel.resolve() {
+            AttentionKernel::Pipelined if !pieces => AttentionKernel::Mma,
+            k => k,
+        };
+        let (name, rows_per_block) = if suffix != "f32" && kernel == AttentionKernel::Pipelined {
+            // two query tiles a warp up to head dim 80 (attention.cu's ATTN_MMA2)
+            (
+                format!("attn_mma2_{suffix}_d{dp}"),
+                if dp <= 80 { 128 } else { 64 },
+            )
+        } else if suffix != "f32" && kernel == AttentionKernel::Mma {
+            (format!("attn_mma_{suffix}_d{dp}"), 64)
         } else {
             let per_lane = match dh {
                 0..=32 => 8,

@@ -14,7 +14,8 @@ pub(crate) mod test_util;
 mod vmath;
 
 pub use attention::{
-    flash_attention, flash_attention_reference, flash_attention_with, AttentionKernel,
+    default_attention_kernel, flash_attention, flash_attention_reference, flash_attention_with,
+    set_default_attention_kernel, AttentionKernel,
 };
 pub use fused::{
     gelu, gelu_reference, norm_modulate, norm_modulate_reference, rope, rope_reference, silu,

@@ -82,6 +82,19 @@ impl TextToVideo {
         })
     }
 
+    /// The same model with its weights in `dtype` (bf16 or f16 for
+    /// inference on a GPU; training stays in f32).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let (_, device) = checkpoint::varmap_dtype_device(&self.varmap)?;
+        let varmap = checkpoint::varmap_as(&self.varmap, dtype)?;
+        let vb = VarBuilder::from_varmap(&varmap, dtype, &device);
+        Ok(Self {
+            text: TextEncoder::new(&self.text.config, vb.pp("text"))?,
+            dit: Dit::new(&self.dit.config, vb.pp("dit"))?,
+            varmap,
+        })
+    }
+
     /// Velocity for latents `x_t` `(B, C, T', H', W')` at times `t` `(B,)`
     /// and captions `ids` `(B, L)`.
     pub fn velocity(&self, x_t: &Tensor, t: &Tensor, ids: &Tensor) -> Result<Tensor> {
@@ -99,6 +112,19 @@ pub fn shapes_world_tokenizer(max_len: usize) -> Tokenizer {
         .map(|_| Scene::sample(&mut rng).caption())
         .collect();
     Tokenizer::from_captions(captions.iter().map(String::as_str), max_len)
+}
+
+/// [`load`], with the weights of every stage in `dtype`.
+pub fn load_as(
+    dir: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<(DitMeta, TextToVideo, VaeCheckpoint)> {
+    let (meta, model, vae) = load(dir, device)?;
+    if dtype == DType::F32 {
+        return Ok((meta, model, vae));
+    }
+    Ok((meta, model.to_dtype(dtype)?, vae.to_dtype(dtype)?))
 }
 
 /// Loads a text-to-video checkpoint (EMA weights) with its autoencoder.

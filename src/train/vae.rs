@@ -48,6 +48,29 @@ pub struct VaeCheckpoint {
     pub varmap: VarMap,
 }
 
+impl VaeCheckpoint {
+    /// The same autoencoder with its weights in `dtype` (bf16 or f16 for
+    /// inference on a GPU; training stays in f32).
+    pub fn to_dtype(&self, dtype: DType) -> Result<VaeCheckpoint> {
+        let (_, device) = checkpoint::varmap_dtype_device(&self.varmap)?;
+        let varmap = checkpoint::varmap_as(&self.varmap, dtype)?;
+        let vae = Vae::new(
+            &self.meta.vae,
+            VarBuilder::from_varmap(&varmap, dtype, &device),
+        )?;
+        Ok(VaeCheckpoint {
+            meta: self.meta.clone(),
+            vae,
+            varmap,
+        })
+    }
+
+    /// The dtype of the weights.
+    pub fn dtype(&self) -> Result<DType> {
+        Ok(checkpoint::varmap_dtype_device(&self.varmap)?.0)
+    }
+}
+
 fn build(config: &VaeConfig, device: &Device) -> Result<(Vae, VarMap)> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
