@@ -1478,7 +1478,8 @@ fn eval(args: EvalArgs) -> Result<()> {
 
 fn vae_roundtrip(args: VaeRoundtripArgs) -> Result<()> {
     let ckpt_dir = args.checkpoint.unwrap_or_else(|| shipped("vae"));
-    let ckpt = minisora::train::vae::load(&ckpt_dir, &Device::Cpu)?;
+    let ckpt = minisora::train::vae::load(&ckpt_dir, &Device::Cpu)?
+        .for_inference(candle_core::DType::F32)?;
     let frames = video::read(&args.input, &Default::default())?;
     let (t, h, w, _) = frames.dim();
     ckpt.meta
@@ -1510,7 +1511,8 @@ fn vae_roundtrip(args: VaeRoundtripArgs) -> Result<()> {
 fn vae_eval(args: VaeEvalArgs) -> Result<()> {
     use minisora::train::{DataSource, HELD_OUT};
     let ckpt_dir = args.checkpoint.unwrap_or_else(|| shipped("vae"));
-    let ckpt = minisora::train::vae::load(&ckpt_dir, &Device::Cpu)?;
+    let ckpt = minisora::train::vae::load(&ckpt_dir, &Device::Cpu)?
+        .for_inference(candle_core::DType::F32)?;
     let run = &ckpt.meta.run;
     let canvas = run.canvas()?;
     let (source, count) = match &args.data {

@@ -212,13 +212,14 @@ pub struct StepReport {
 pub fn bench_step(case: &StepCase, device: &Device, matmul_peak_gflops: f64) -> Result<StepReport> {
     let cfg = &case.dit;
     // initialised in f32 (candle's CUDA backend draws no random bf16 or
-    // f16), then converted
-    let varmap = {
+    // f16), then converted to plain tensors: a model on variables would
+    // keep every intermediate of the step alive for a backward pass
+    let weights = {
         let f32_vars = VarMap::new();
         Dit::new(cfg, VarBuilder::from_varmap(&f32_vars, DType::F32, device))?;
-        crate::checkpoint::varmap_as(&f32_vars, case.dtype)?
+        crate::checkpoint::inference_tensors(&f32_vars, case.dtype)?
     };
-    let dit = Dit::new(cfg, VarBuilder::from_varmap(&varmap, case.dtype, device))?;
+    let dit = Dit::new(cfg, VarBuilder::from_tensors(weights, case.dtype, device))?;
     let b = case.batch * if case.guidance { 2 } else { 1 };
     let [lt, lh, lw] = latent_for_grid(case.grid, cfg.patch);
     let mut rng = Rng::new(7);

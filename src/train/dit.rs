@@ -82,12 +82,18 @@ impl TextToVideo {
         })
     }
 
-    /// The same model with its weights in `dtype` (bf16 or f16 for
-    /// inference on a GPU; training stays in f32).
-    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+    /// The same model for inference, its weights in `dtype` (bf16 or f16 on
+    /// a GPU; training stays in f32): the modules are built on plain
+    /// tensors, so a forward records no backward graph (see
+    /// [`checkpoint::inference_tensors`]).
+    pub fn for_inference(&self, dtype: DType) -> Result<Self> {
         let (_, device) = checkpoint::varmap_dtype_device(&self.varmap)?;
         let varmap = checkpoint::varmap_as(&self.varmap, dtype)?;
-        let vb = VarBuilder::from_varmap(&varmap, dtype, &device);
+        let vb = VarBuilder::from_tensors(
+            checkpoint::inference_tensors(&varmap, dtype)?,
+            dtype,
+            &device,
+        );
         Ok(Self {
             text: TextEncoder::new(&self.text.config, vb.pp("text"))?,
             dit: Dit::new(&self.dit.config, vb.pp("dit"))?,
@@ -114,17 +120,16 @@ pub fn shapes_world_tokenizer(max_len: usize) -> Tokenizer {
     Tokenizer::from_captions(captions.iter().map(String::as_str), max_len)
 }
 
-/// [`load`], with the weights of every stage in `dtype`.
+/// [`load`] for inference: every stage with its weights in `dtype`, built
+/// to run forward only (no backward graph; see
+/// [`TextToVideo::for_inference`]).
 pub fn load_as(
     dir: &Path,
     device: &Device,
     dtype: DType,
 ) -> Result<(DitMeta, TextToVideo, VaeCheckpoint)> {
     let (meta, model, vae) = load(dir, device)?;
-    if dtype == DType::F32 {
-        return Ok((meta, model, vae));
-    }
-    Ok((meta, model.to_dtype(dtype)?, vae.to_dtype(dtype)?))
+    Ok((meta, model.for_inference(dtype)?, vae.for_inference(dtype)?))
 }
 
 /// Loads a text-to-video checkpoint (EMA weights) with its autoencoder.
@@ -189,7 +194,9 @@ pub fn train(
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let ckpt_dir = out.join("checkpoint");
     checkpoint::recover(&ckpt_dir)?;
+    // forward only: its latents need no backward graph
     let vae = vae_train::load(job.vae_dir, device)
+        .and_then(|v| v.for_inference(DType::F32))
         .map_err(|e| Error::Invalid(format!("the autoencoder: {e}")))?;
     let canvas = run.canvas()?;
     let [lt, lh, lw] = vae

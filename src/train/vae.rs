@@ -49,18 +49,21 @@ pub struct VaeCheckpoint {
 }
 
 impl VaeCheckpoint {
-    /// The same autoencoder with its weights in `dtype` (bf16 or f16 for
-    /// inference on a GPU; training stays in f32).
-    pub fn to_dtype(&self, dtype: DType) -> Result<VaeCheckpoint> {
+    /// The same autoencoder for inference, its weights in `dtype` (bf16 or
+    /// f16 on a GPU; training stays in f32), built on plain tensors so that
+    /// a forward records no backward graph (see
+    /// [`checkpoint::inference_tensors`]).
+    pub fn for_inference(&self, dtype: DType) -> Result<VaeCheckpoint> {
         let (_, device) = checkpoint::varmap_dtype_device(&self.varmap)?;
         let varmap = checkpoint::varmap_as(&self.varmap, dtype)?;
-        let vae = Vae::new(
-            &self.meta.vae,
-            VarBuilder::from_varmap(&varmap, dtype, &device),
-        )?;
+        let vb = VarBuilder::from_tensors(
+            checkpoint::inference_tensors(&varmap, dtype)?,
+            dtype,
+            &device,
+        );
         Ok(VaeCheckpoint {
             meta: self.meta.clone(),
-            vae,
+            vae: Vae::new(&self.meta.vae, vb)?,
             varmap,
         })
     }
