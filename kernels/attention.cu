@@ -434,21 +434,38 @@ __device__ void attn_mma2(const T *__restrict__ q, const T *__restrict__ k,
             }
         }
 
-        // the online softmax, as in attn_mma
+        // the online softmax, as in attn_mma. A whole tile without a mask
+        // (the DiT's self-attention, every tile but a partial last one)
+        // skips the mask, and takes the row maxima of the raw scores (the
+        // scale is positive) so that scaling and subtracting the maximum is
+        // one fused multiply-add inside exp2
+        const bool plain = qseg == nullptr && kseg == nullptr && (it + 1) * BK <= m;
+        const float sc = plain ? scale_log2 : 1.f;  // what the exponent still scales by
         const unsigned *sg = ksg[st];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
             float tmax0 = -INFINITY, tmax1 = -INFINITY;
+            if (plain) {
 #pragma unroll
-            for (int nc = 0; nc < BK / 8; ++nc) {
+                for (int nc = 0; nc < BK / 8; ++nc) {
+                    tmax0 = fmaxf(tmax0, fmaxf(s[mt][nc][0], s[mt][nc][1]));
+                    tmax1 = fmaxf(tmax1, fmaxf(s[mt][nc][2], s[mt][nc][3]));
+                }
+                tmax0 *= scale_log2;
+                tmax1 *= scale_log2;
+            } else {
 #pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const unsigned ksv = sg[nc * 8 + 2 * t + e];
-                    s[mt][nc][e] = (ksv != 0u && ksv == seg[mt][0]) ? s[mt][nc][e] * scale_log2 : -INFINITY;
-                    s[mt][nc][2 + e] =
-                        (ksv != 0u && ksv == seg[mt][1]) ? s[mt][nc][2 + e] * scale_log2 : -INFINITY;
-                    tmax0 = fmaxf(tmax0, s[mt][nc][e]);
-                    tmax1 = fmaxf(tmax1, s[mt][nc][2 + e]);
+                for (int nc = 0; nc < BK / 8; ++nc) {
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const unsigned ksv = sg[nc * 8 + 2 * t + e];
+                        s[mt][nc][e] =
+                            (ksv != 0u && ksv == seg[mt][0]) ? s[mt][nc][e] * scale_log2 : -INFINITY;
+                        s[mt][nc][2 + e] =
+                            (ksv != 0u && ksv == seg[mt][1]) ? s[mt][nc][2 + e] * scale_log2 : -INFINITY;
+                        tmax0 = fmaxf(tmax0, s[mt][nc][e]);
+                        tmax1 = fmaxf(tmax1, s[mt][nc][2 + e]);
+                    }
                 }
             }
             tmax0 = fmaxf(tmax0, __shfl_xor_sync(0xffffffffu, tmax0, 1));
@@ -462,10 +479,10 @@ __device__ void attn_mma2(const T *__restrict__ q, const T *__restrict__ k,
             float sum0 = 0.f, sum1 = 0.f;
 #pragma unroll
             for (int nc = 0; nc < BK / 8; ++nc) {
-                s[mt][nc][0] = exp2f(s[mt][nc][0] - base0);
-                s[mt][nc][1] = exp2f(s[mt][nc][1] - base0);
-                s[mt][nc][2] = exp2f(s[mt][nc][2] - base1);
-                s[mt][nc][3] = exp2f(s[mt][nc][3] - base1);
+                s[mt][nc][0] = exp2f(fmaf(s[mt][nc][0], sc, -base0));
+                s[mt][nc][1] = exp2f(fmaf(s[mt][nc][1], sc, -base0));
+                s[mt][nc][2] = exp2f(fmaf(s[mt][nc][2], sc, -base1));
+                s[mt][nc][3] = exp2f(fmaf(s[mt][nc][3], sc, -base1));
                 sum0 += s[mt][nc][0] + s[mt][nc][1];
                 sum1 += s[mt][nc][2] + s[mt][nc][3];
             }

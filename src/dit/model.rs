@@ -47,6 +47,10 @@ pub struct Conditioning<'a> {
     pub context_bias: &'a Tensor,
     /// `(B or 1, 1, N, N)` additive self-attention mask (packing), if any.
     pub self_bias: Option<&'a Tensor>,
+    /// `context_bias` as the fused attention kernel's segment ids
+    /// `(ones (B, N), keep (B, L))` u32, where that kernel runs (a GPU, one
+    /// caption per clip); else `None` and the bias is added to the scores.
+    pub context_segments: Option<(&'a Tensor, &'a Tensor)>,
     /// RoPE tables `(N, Dh / 2)`.
     pub cos: &'a Tensor,
     pub sin: &'a Tensor,
@@ -78,11 +82,16 @@ impl Block {
 
         // self-attention over the spacetime tokens, positions by 3D RoPE
         let h = norm_modulate(x, &shift1, &scale1)?;
-        let qkv = apply_last(&self.qkv, &h)?;
-        let head = |i: usize| split_heads(&qkv.narrow(D::Minus1, i * d, d)?, self.heads);
-        let q = apply_rope(&head(0)?, cond.cos, cond.sin)?;
-        let k = apply_rope(&head(1)?, cond.cos, cond.sin)?;
-        let a = merge_heads(&attention(&q, &k, &head(2)?, cond.self_bias)?)?;
+        // (B, N, 3D) -> (3, B, H, N, Dh) in one copy: q, k and v are then
+        // contiguous views (narrowing first would copy each twice)
+        let (b, n, _) = x.dims3()?;
+        let qkv = apply_last(&self.qkv, &h)?
+            .reshape((b, n, 3, self.heads, d / self.heads))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        let q = apply_rope(&qkv.get(0)?, cond.cos, cond.sin)?;
+        let k = apply_rope(&qkv.get(1)?, cond.cos, cond.sin)?;
+        let a = merge_heads(&attention(&q, &k, &qkv.get(2)?, cond.self_bias)?)?;
         let x = (x + apply_last(&self.proj, &a)?.broadcast_mul(&gate1)?)?;
 
         // cross-attention to the caption
@@ -93,7 +102,11 @@ impl Block {
         let kv = apply_last(&self.kv, cond.context)?;
         let k = split_heads(&kv.narrow(D::Minus1, 0, d)?, self.heads)?;
         let v = split_heads(&kv.narrow(D::Minus1, d, d)?, self.heads)?;
-        let a = merge_heads(&attention(&q, &k, &v, Some(cond.context_bias))?)?;
+        let a = match cond.context_segments {
+            Some(segments) => crate::ops::flash_attention(&q, &k, &v, Some(segments))?,
+            None => attention(&q, &k, &v, Some(cond.context_bias))?,
+        };
+        let a = merge_heads(&a)?;
         let x = (&x + apply_last(&self.cross_proj, &a)?)?;
 
         // MLP
@@ -229,10 +242,24 @@ impl Dit {
     ) -> Result<Tensor> {
         let (cos, sin, features) = self.position_tables(positions, tokens.device())?;
         let context = apply_last(&self.context_proj, context)?;
+        // on a GPU, the caption's padding mask as segment ids for the fused
+        // kernel: kept words have a bias of exactly 0
+        let context_segments = match context_bias.dims4()? {
+            (b, 1, 1, l) if tokens.device().is_cuda() && crate::ops::cuda::COMPILED => {
+                let keep = context_bias
+                    .reshape((b, l))?
+                    .eq(0.0)?
+                    .to_dtype(DType::U32)?;
+                let queries = Tensor::ones((b, tokens.dim(1)?), DType::U32, tokens.device())?;
+                Some((queries, keep))
+            }
+            _ => None,
+        };
         let cond = Conditioning {
             c,
             context: &context,
             context_bias,
+            context_segments: context_segments.as_ref().map(|(q, k)| (q, k)),
             self_bias,
             cos: &cos,
             sin: &sin,
