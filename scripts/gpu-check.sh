@@ -6,7 +6,8 @@
 #      kernel: scalar, mma, pipelined), the bf16 matmul peak, the tensor-core
 #      attention kernels alone, then one denoising step for presets S, B, L,
 #      XL at 1k, 4k, 16k and 32k tokens (batch 2, bf16) with the fastest
-#      kernel that passed;
+#      kernel that passed, after timing each op of an XL block at 16k tokens
+#      alone (where a step's time goes);
 #   3. the PyTorch peer (benches/peer/gpu_speed.py, at most TORCH_BUDGET_S +
 #      60 s) on the same shapes: SDPA alone (and each of its backends), the
 #      step cases, and the table of both with their ratio;
@@ -26,6 +27,9 @@
 #   MINISORA_BUDGET_S seconds for minisora's part [180]
 #   TORCH_BUDGET_S    seconds for the PyTorch step cases [80]
 #   EVAL_COUNT        held-out prompts of each kind for `eval --device cuda` [10]
+#   TORCH_PROFILE     PRESET:TOKENS: also PyTorch's profiler over one forward of
+#                     that case (set beside minisora's block breakdown) [XL:16384]
+#   PIPELINE          0 skips part 4 (generate and eval) [1]
 #   PLAN              the step cases for the peer when minisora's part wrote
 #                     none (`minisora bench gpu-check --plan-only --json F`,
 #                     made on any machine) [default: .gpu/plan.json]
@@ -44,6 +48,7 @@ mkdir -p "$out"
 exec > >(tee -a "$out/gpu-check.log") 2>&1
 minisora_budget=${MINISORA_BUDGET_S:-180}
 torch_budget=${TORCH_BUDGET_S:-80}
+TORCH_PROFILE=${TORCH_PROFILE-XL:16384}
 plan=${PLAN:-.gpu/plan.json}
 start=$SECONDS
 
@@ -106,6 +111,7 @@ fi
 if [ -f "$cases" ] && command -v python3 >/dev/null; then
     PYTHONUNBUFFERED=1 timeout --kill-after=5 $((torch_budget + 60)) python3 benches/peer/gpu_speed.py \
         --cases "$cases" --budget-s "$torch_budget" --json "$out/torch.json" \
+        ${TORCH_PROFILE:+--profile "$TORCH_PROFILE"} \
         || echo "the PyTorch peer failed or ran out of time"
 else
     echo "skipped: no step cases ($out/minisora.json, $plan) or no python3"
@@ -114,7 +120,9 @@ fi
 echo "== the whole pipeline on the GPU ($((SECONDS - start)) s)"
 # text encoder, DiT, sampler and decoder of the shipped model, in bf16 and f32;
 # the clips come back as contact sheets (no FFmpeg in a GPU build)
-if [ -n "$bin" ] && [ -f "$bin" ] && [ -d samples/model ]; then
+if [ "${PIPELINE:-1}" = 0 ]; then
+    echo "skipped (PIPELINE=0)"
+elif [ -n "$bin" ] && [ -f "$bin" ] && [ -d samples/model ]; then
     for dt in bf16 f32; do
         t0=$SECONDS
         timeout --kill-after=5 60 "$bin" generate "a red circle moving right and a small blue square moving up" \

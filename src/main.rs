@@ -298,6 +298,10 @@ struct BenchGpuCheckArgs {
     /// Also write the report here as JSON (benches/peer/gpu_speed.py reads it)
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Time each op of one DiT block alone at PRESET:TOKENS before the
+    /// steps (where a step's time goes), or `none`
+    #[arg(long, default_value = "XL:16384")]
+    breakdown: String,
     /// Only write the planned step cases to --json and stop (no GPU needed):
     /// the PyTorch peer's cases, for a run where minisora's part cannot start
     #[arg(long, requires = "json")]
@@ -992,6 +996,19 @@ fn bench_gpu_check(args: BenchGpuCheckArgs) -> Result<()> {
         peak_size: args.peak_size,
         budget: std::time::Duration::from_secs(args.budget_s),
         quick: device.is_cpu(),
+        breakdown: match args.breakdown.as_str() {
+            "none" => None,
+            spec => {
+                let (preset, tokens) = spec.split_once(':').with_context(|| {
+                    format!("--breakdown takes PRESET:TOKENS or none, got \"{spec}\"")
+                })?;
+                minisora::preset::preset(preset)?;
+                let tokens: usize = tokens
+                    .parse()
+                    .with_context(|| format!("--breakdown: \"{tokens}\" is not a token count"))?;
+                Some((preset.to_string(), tokens))
+            }
+        },
     };
     let write = |report: &gpu::GpuCheckReport| -> Result<()> {
         if let Some(path) = &args.json {

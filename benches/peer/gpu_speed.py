@@ -178,6 +178,37 @@ def time_attention(args: argparse.Namespace, report: dict[str, Any]) -> list[dic
     return rows
 
 
+def profile(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """PyTorch's profiler over one forward of the case `args.profile` (PRESET:TOKENS): the CUDA
+    kernels by total time, to set beside minisora's block breakdown."""
+    preset, tokens = args.profile.split(":")
+    case = next((c for c in report["plan"] if c["preset"] == preset and c["tokens"] == int(tokens)), None)
+    if case is None:
+        print(f"profile: no planned case {args.profile}")
+        return
+    dtype = DTYPES[args.dtype]
+    dit = case["dit"]
+    b, (lt, lh, lw) = case["batch"], case["latent"]
+    with torch.device(DEVICE):
+        model = MinisoraDiT(dit).to(dtype).eval()
+    x = torch.randn(b, dit["latent_channels"], lt, lh, lw, device=DEVICE, dtype=dtype)
+    t = torch.full((b,), 0.5, device=DEVICE, dtype=dtype)
+    context = torch.randn(b, dit["context_len"], dit["context_dim"], device=DEVICE, dtype=dtype)
+    pooled = torch.randn(b, dit["context_dim"], device=DEVICE, dtype=dtype)
+    keep = torch.ones(b, dit["context_len"], device=DEVICE, dtype=dtype)
+    from torch.profiler import ProfilerActivity
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+    with torch.inference_mode():
+        model(x, t, context, pooled, keep)
+        sync()
+        with torch.profiler.profile(activities=activities) as prof:
+            model(x, t, context, pooled, keep)
+            sync()
+    key = "cuda_time_total" if DEVICE == "cuda" else "cpu_time_total"
+    print(f"\ntorch profile of one {args.profile} forward (batch {b}), top kernels by {key}")
+    print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60))
+
+
 def fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
@@ -223,6 +254,8 @@ def main() -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--budget-s", type=float, default=100.0, help="seconds for the step cases")
     parser.add_argument("--json", type=Path, help="also write the torch figures here")
+    parser.add_argument("--profile", metavar="PRESET:TOKENS",
+                        help="also run PyTorch's profiler over one forward of this planned case")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                         help="cpu: a dry run of the script (small cases), not a measurement")
     args = parser.parse_args()
@@ -240,6 +273,11 @@ def main() -> int:
     attention = time_attention(args, report)
     steps = time_steps(args, report, start + args.budget_s)
     print_tables(report, steps, attention)
+    if args.profile:
+        try:
+            profile(args, report)
+        except Exception as err:  # the tables are out already; say what failed
+            print(f"profile failed: {err}")
     if args.json:
         args.json.write_text(json.dumps({"torch": torch.__version__, "dtype": args.dtype,
                                          "steps": steps, "attention": attention}, indent=2))

@@ -46,6 +46,9 @@ pub struct GpuCheckOptions {
     /// Parity on inputs a tenth the size and no 32k-token check: a dry run
     /// of the whole command on the CPU (tests), not a GPU measurement.
     pub quick: bool,
+    /// A block's ops timed one by one (see [`block_breakdown`]) at this
+    /// preset and token count, before the steps.
+    pub breakdown: Option<(String, usize)>,
 }
 
 /// One parity check.
@@ -96,6 +99,8 @@ pub struct GpuCheckReport {
     pub matmul_peak_gflops: f64,
     pub parity: Vec<Parity>,
     pub attention: Vec<AttentionTiming>,
+    /// [`block_breakdown`] at `GpuCheckOptions::breakdown`, if asked.
+    pub breakdown: Vec<BlockOp>,
     /// The attention kernel the steps ran (the fastest that passed parity).
     pub attention_kernel: String,
     pub steps: Vec<StepReport>,
@@ -533,6 +538,176 @@ fn fastest(kernels: &[AttentionKernel], timings: &[AttentionTiming]) -> Option<A
         .min_by(|a, b| total(a).total_cmp(&total(b)))
 }
 
+/// One op of a DiT block timed alone at a step's shapes, and how many times
+/// a block runs it.
+#[derive(Clone, Debug, Serialize)]
+pub struct BlockOp {
+    pub what: String,
+    pub per_block: usize,
+    pub median_ms: f64,
+}
+
+/// The ops of one DiT block of `preset` at `tokens` tokens, each timed alone
+/// on random inputs at the block's shapes (`batch` clips, `dtype`): where a
+/// step's time goes, without a profiler. Their weighted sum against the
+/// step's time per block shows what the list leaves out.
+pub fn block_breakdown(
+    device: &Device,
+    preset: &str,
+    tokens: usize,
+    batch: usize,
+    dtype: DType,
+    mut on_line: impl FnMut(String),
+) -> Result<Vec<BlockOp>> {
+    let cfg = crate::preset::preset(preset)?.dit;
+    let (b, n, d, h) = (batch, tokens, cfg.hidden, cfg.heads);
+    let (dh, l, hidden) = (cfg.head_dim(), cfg.context_len, cfg.mlp_ratio * d);
+    let mut seed = 100u64;
+    let mut rand = |shape: &[usize], scale: f64| -> Result<Tensor> {
+        seed += 1;
+        Ok((randn(&mut Rng::new(seed), shape, device)? * scale)?.to_dtype(dtype)?)
+    };
+    let x = rand(&[b, n, d], 1.0)?;
+    let rows = x.reshape((b * n, d))?;
+    let (shift, scale, gate) = (
+        rand(&[b, 1, d], 0.1)?,
+        rand(&[b, 1, d], 0.1)?,
+        rand(&[b, 1, d], 0.1)?,
+    );
+    let linear = |rand: &mut dyn FnMut(&[usize], f64) -> Result<Tensor>,
+                  i: usize,
+                  o: usize|
+     -> Result<candle_nn::Linear> {
+        Ok(candle_nn::Linear::new(rand(&[o, i], 0.03)?, None))
+    };
+    let (w_qkv, w_d, w_up, w_down) = (
+        linear(&mut rand, d, 3 * d)?,
+        linear(&mut rand, d, d)?,
+        linear(&mut rand, d, hidden)?,
+        linear(&mut rand, hidden, d)?,
+    );
+    let (b3, b1, b4) = (
+        rand(&[3 * d], 0.1)?,
+        rand(&[d], 0.1)?,
+        rand(&[hidden], 0.1)?,
+    );
+    let qkv_rows = candle_core::Module::forward(&w_qkv, &rows)?;
+    let up_rows = candle_core::Module::forward(&w_up, &rows)?;
+    let heads = qkv_rows
+        .reshape((b, n, 3, h, dh))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()?;
+    let (q, k, v) = (heads.get(0)?, heads.get(1)?, heads.get(2)?);
+    let positions = crate::patch::positions(grid_for_tokens(n)?);
+    let (cos, sin) = crate::nn::rope_3d(&positions, dh, device)?;
+    let (ck, cv) = (rand(&[b, h, l, dh], 1.0)?, rand(&[b, h, l, dh], 1.0)?);
+    let qseg = Tensor::ones((b, n), DType::U32, device)?;
+    let kseg = Tensor::ones((b, l), DType::U32, device)?;
+
+    type Op<'a> = (String, usize, Box<dyn Fn() -> Result<Tensor> + 'a>);
+    let ops: Vec<Op> = vec![
+        (
+            "norm_modulate (LayerNorm + shift, scale)".into(),
+            3,
+            Box::new(|| ops::norm_modulate(&x, &shift, &scale, 1e-6)),
+        ),
+        (
+            format!("matmul {d} -> {} (qkv)", 3 * d),
+            1,
+            Box::new(|| Ok(candle_core::Module::forward(&w_qkv, &rows)?)),
+        ),
+        (
+            format!("matmul {d} -> {d} (proj, q, cross_proj)"),
+            3,
+            Box::new(|| Ok(candle_core::Module::forward(&w_d, &rows)?)),
+        ),
+        (
+            format!("matmul {d} -> {hidden} (fc1)"),
+            1,
+            Box::new(|| Ok(candle_core::Module::forward(&w_up, &rows)?)),
+        ),
+        (
+            format!("matmul {hidden} -> {d} (fc2)"),
+            1,
+            Box::new(|| Ok(candle_core::Module::forward(&w_down, &up_rows)?)),
+        ),
+        (
+            format!("bias add, {} columns", 3 * d),
+            1,
+            Box::new(|| Ok(qkv_rows.broadcast_add(&b3)?)),
+        ),
+        (
+            format!("bias add, {d} columns"),
+            4,
+            Box::new(|| Ok(rows.broadcast_add(&b1)?)),
+        ),
+        (
+            format!("bias add, {hidden} columns"),
+            1,
+            Box::new(|| Ok(up_rows.broadcast_add(&b4)?)),
+        ),
+        ("gelu".into(), 1, Box::new(|| ops::gelu(&up_rows))),
+        (
+            "q, k, v split (one permuted copy)".into(),
+            1,
+            Box::new(|| {
+                Ok(qkv_rows
+                    .reshape((b, n, 3, h, dh))?
+                    .permute((2, 0, 3, 1, 4))?
+                    .contiguous()?)
+            }),
+        ),
+        (
+            "split heads (q of cross-attention)".into(),
+            1,
+            Box::new(|| crate::nn::split_heads(&x, h)),
+        ),
+        (
+            "merge heads".into(),
+            2,
+            Box::new(|| crate::nn::merge_heads(&q)),
+        ),
+        ("rope".into(), 2, Box::new(|| ops::rope(&q, &cos, &sin))),
+        (
+            "self-attention (fused)".into(),
+            1,
+            Box::new(|| ops::flash_attention(&q, &k, &v, None)),
+        ),
+        (
+            format!("cross-attention (fused, {l} keys)"),
+            1,
+            Box::new(|| ops::flash_attention(&q, &ck, &cv, Some((&qseg, &kseg)))),
+        ),
+        (
+            "gate multiply".into(),
+            2,
+            Box::new(|| Ok(x.broadcast_mul(&gate)?)),
+        ),
+        ("residual add".into(), 3, Box::new(|| Ok((&x + &x)?))),
+    ];
+    let mut out = Vec::new();
+    let mut total = 0.0;
+    for (what, per_block, f) in &ops {
+        let ms = time_ms(device, 5, || {
+            f()?;
+            Ok(())
+        })?;
+        total += ms * *per_block as f64;
+        on_line(format!("block op {what:<44} x{per_block}  {ms:>8.3} ms"));
+        out.push(BlockOp {
+            what: what.clone(),
+            per_block: *per_block,
+            median_ms: ms,
+        });
+    }
+    on_line(format!(
+        "block ops of {preset} at {tokens} tokens, summed with their counts: {total:.2} ms a block, {:.1} ms for {} blocks",
+        total * cfg.depth as f64,
+        cfg.depth
+    ));
+    Ok(out)
+}
+
 /// The whole check: parity, peak, attention, steps, within `opts.budget`.
 /// `on_line` gets each line of the report as it is measured, `on_report`
 /// the report so far after each part (to save it: a run cut short keeps
@@ -593,6 +768,21 @@ pub fn run(
     }
     report.attention_kernel = ops::default_attention_kernel().name().into();
     on_report(&report);
+
+    if let Some((preset, tokens)) = &opts.breakdown {
+        match block_breakdown(
+            device,
+            preset,
+            *tokens,
+            opts.batch,
+            opts.dtype,
+            &mut on_line,
+        ) {
+            Ok(ops) => report.breakdown = ops,
+            Err(e) => on_line(format!("block breakdown: error: {e}")),
+        }
+        on_report(&report);
+    }
 
     let cases = report.plan.clone();
     on_line(format!(
@@ -677,6 +867,7 @@ mod tests {
             peak_size: 64,
             budget: Duration::from_secs(120),
             quick: true,
+            breakdown: Some(("tiny".into(), 16)),
         };
         let mut lines = Vec::new();
         let mut saved = 0;
@@ -689,6 +880,8 @@ mod tests {
         assert_eq!(report.steps[0].tokens, 16);
         assert!(saved >= 3);
         assert!(report.matmul_peak_gflops > 0.0);
+        assert_eq!(report.breakdown.len(), 17, "{lines:#?}");
+        assert!(report.breakdown.iter().all(|op| op.median_ms > 0.0));
     }
 
     /// The CUDA kernels against their CPU references (the parity part of
