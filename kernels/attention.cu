@@ -12,8 +12,11 @@
 // padding mask is "1 for every query, 1 or 0 per key"; packed clips are "clip
 // index + 1 per token". A query row with nothing visible gives 0, not NaN.
 //
-// Two kernels:
-// - `attn_mma_*` (bf16, f16): tensor cores through `mma.sync.m16n8k16` with
+// Three kernels:
+// - `attn_mma2_*` (bf16, f16; the default): `attn_mma`'s softmax with
+//   cp.async double buffering, ldmatrix fragments and two query tiles a warp
+//   (see "the pipelined tensor-core kernel" below).
+// - `attn_mma_*` (bf16, f16; the first kernel, now the fallback): tensor cores through `mma.sync.m16n8k16` with
 //   f32 accumulators. A block is 4 warps, each owning 16 query rows (64 per
 //   block); K and V tiles of 64 keys go through shared memory. The f32
 //   accumulator layout of m16n8k16 is fixed by the PTX ISA (thread `lane`

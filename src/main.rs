@@ -933,8 +933,13 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
 fn parse_device(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0)
-            .context("--device cuda needs a minisora built with --features cuda and an NVIDIA GPU"),
+        "cuda" => {
+            let device = Device::new_cuda(0).context(
+                "--device cuda needs a minisora built with --features cuda and an NVIDIA GPU",
+            )?;
+            minisora::bench::gpu_memory::keep_reserved_memory(&device);
+            Ok(device)
+        }
         other => bail!("--device must be cpu or cuda, got \"{other}\""),
     }
 }

@@ -5,7 +5,7 @@
 //! a step holds at its peak, counted by [`CountingAlloc`].
 
 pub mod gpu;
-mod gpu_memory;
+pub mod gpu_memory;
 pub mod plot;
 pub mod steps;
 
