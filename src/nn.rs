@@ -61,7 +61,14 @@ impl LayerNorm {
 /// - `bias`: additive, broadcastable to `(B, H, N, M)` (0 or `-inf`)
 /// - returns `(B, H, N, Dh)`
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    if bias.is_none() && q.device().is_cuda() && crate::ops::cuda::COMPILED {
+    // fused: on a GPU always; on the CPU for inference (no input records a
+    // backward graph), where its per-head GEMMs run in parallel over heads
+    // and query blocks. Training keeps the generic ops below, whose
+    // backward candle derives.
+    let inference = !(q.track_op() || k.track_op() || v.track_op());
+    let fused =
+        (q.device().is_cuda() && crate::ops::cuda::COMPILED) || q.device().is_cpu() && inference;
+    if bias.is_none() && fused {
         return crate::ops::flash_attention(q, k, v, None);
     }
     let dh = q.dim(D::Minus1)?;

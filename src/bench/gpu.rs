@@ -601,6 +601,7 @@ pub fn block_breakdown(
     let positions = crate::patch::positions(grid_for_tokens(n)?);
     let (cos, sin) = crate::nn::rope_3d(&positions, dh, device)?;
     let (ck, cv) = (rand(&[b, h, l, dh], 1.0)?, rand(&[b, h, l, dh], 1.0)?);
+    let bias = crate::nn::key_padding_bias(&Tensor::ones((b, l), DType::F32, device)?, dtype)?;
     let qseg = Tensor::ones((b, n), DType::U32, device)?;
     let kseg = Tensor::ones((b, l), DType::U32, device)?;
 
@@ -669,14 +670,22 @@ pub fn block_breakdown(
         ),
         ("rope".into(), 2, Box::new(|| ops::rope(&q, &cos, &sin))),
         (
-            "self-attention (fused)".into(),
+            // as the DiT runs them on this device: fused on a GPU; on the
+            // CPU, self-attention by matmuls, cross-attention with a bias
+            "self-attention".into(),
             1,
-            Box::new(|| ops::flash_attention(&q, &k, &v, None)),
+            Box::new(|| crate::nn::attention(&q, &k, &v, None)),
         ),
         (
-            format!("cross-attention (fused, {l} keys)"),
+            format!("cross-attention ({l} keys)"),
             1,
-            Box::new(|| ops::flash_attention(&q, &ck, &cv, Some((&qseg, &kseg)))),
+            Box::new(|| {
+                if device.is_cuda() {
+                    ops::flash_attention(&q, &ck, &cv, Some((&qseg, &kseg)))
+                } else {
+                    crate::nn::attention(&q, &ck, &cv, Some(&bias))
+                }
+            }),
         ),
         (
             "gate multiply".into(),

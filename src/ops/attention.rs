@@ -29,9 +29,6 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, D};
 use super::gather::contiguous_f32;
 use crate::{invalid, Result};
 
-/// Keys per block of the CPU online softmax (the GPU kernels use 64 and 32).
-const CPU_KEY_BLOCK: usize = 64;
-
 /// Which GPU kernel runs (ignored on the CPU; see `kernels/README.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionKernel {
@@ -260,7 +257,11 @@ impl CustomOp3 for FlashAttention {
         "flash-attention"
     }
 
-    /// The online softmax of the GPU kernels, one query row at a time.
+    /// Blocks of query rows on candle's thread pool; per block and head,
+    /// the scores `q k^T s` by one single-threaded GEMM, the mask, a
+    /// vectorised softmax, then `P v` by another GEMM. The scores of a
+    /// block (at most a few hundred rows by M) are the only `N x M` part
+    /// held, so long sequences fit.
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -273,7 +274,7 @@ impl CustomOp3 for FlashAttention {
         let q = contiguous_f32(s1, l1, self.name())?;
         let k = contiguous_f32(s2, l2, self.name())?;
         let v = contiguous_f32(s3, l3, self.name())?;
-        let (b, h, n, dh) = l1.shape().dims4()?;
+        let (_, h, n, dh) = l1.shape().dims4()?;
         let m = l2.shape().dims4()?.2;
         let segments = match &self.segments {
             Some((qs, ks)) => Some((
@@ -283,58 +284,93 @@ impl CustomOp3 for FlashAttention {
             None => None,
         };
         let mut out = vec![0f32; q.len()];
-        let mut acc = vec![0f32; dh];
-        let mut scores = [0f32; CPU_KEY_BLOCK];
-        for bh in 0..b * h {
-            let bi = bh / h;
-            let (qb, kb, vb) = (
-                &q[bh * n * dh..][..n * dh],
-                &k[bh * m * dh..][..m * dh],
-                &v[bh * m * dh..][..m * dh],
-            );
-            for i in 0..n {
-                let qseg = segments.as_ref().map_or(1, |(qs, _)| qs[bi * n + i]);
-                let qrow = &qb[i * dh..][..dh];
-                let (mut mx, mut l) = (f32::NEG_INFINITY, 0f32);
-                acc.fill(0.0);
-                for j0 in (0..m).step_by(CPU_KEY_BLOCK) {
-                    let block = CPU_KEY_BLOCK.min(m - j0);
-                    let mut tile_max = f32::NEG_INFINITY;
-                    for (jj, s) in scores[..block].iter_mut().enumerate() {
-                        let j = j0 + jj;
-                        let kseg = segments.as_ref().map_or(1, |(_, ks)| ks[bi * m + j]);
-                        *s = if kseg != 0 && kseg == qseg {
-                            let krow = &kb[j * dh..][..dh];
-                            qrow.iter().zip(krow).map(|(a, b)| a * b).sum::<f32>() * self.scale
-                        } else {
-                            f32::NEG_INFINITY
-                        };
-                        tile_max = tile_max.max(*s);
-                    }
-                    if tile_max == f32::NEG_INFINITY {
-                        continue; // nothing visible in this block
-                    }
-                    // rescale what was summed under the old maximum
-                    let new_max = mx.max(tile_max);
-                    let alpha = (mx - new_max).exp();
-                    l *= alpha;
-                    acc.iter_mut().for_each(|a| *a *= alpha);
-                    for (jj, &s) in scores[..block].iter().enumerate() {
-                        let p = (s - new_max).exp();
-                        if p == 0.0 {
-                            continue;
-                        }
-                        l += p;
-                        let vrow = &vb[(j0 + jj) * dh..][..dh];
-                        acc.iter_mut().zip(vrow).for_each(|(a, &x)| *a += p * x);
-                    }
-                    mx = new_max;
-                }
-                let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
-                let o = &mut out[(bh * n + i) * dh..][..dh];
-                o.iter_mut().zip(&acc).for_each(|(o, a)| *o = a * inv);
-            }
+        if out.is_empty() {
+            return Ok((CpuStorage::F32(out), l1.shape().clone()));
         }
+        // about 4 MFLOP of products a block: tens of microseconds, enough
+        // to outweigh handing the block to a thread, and two blocks or more
+        // (both cores busy) from a few hundred rows at the default preset
+        let rows = (1usize << 20) / (m * dh).max(1);
+        super::vmath::par_row_blocks(&mut out, dh, rows.clamp(8, 512), |offset, block| {
+            let (first, rows) = (offset / dh, block.len() / dh);
+            let mut scores = Vec::new();
+            let mut r = first;
+            // the block's rows, one head at a time
+            while r < first + rows {
+                let (bh, i0) = (r / n, r % n);
+                let take = (n - i0).min(first + rows - r);
+                let qp = &q[(bh * n + i0) * dh..][..take * dh];
+                let kp = &k[bh * m * dh..][..m * dh];
+                let vp = &v[bh * m * dh..][..m * dh];
+                scores.clear();
+                scores.resize(take * m, 0.0);
+                // SAFETY: (take x dh) q rows (row stride dh), k read as the
+                // (dh x m) k^T (row stride 1, column stride dh), into
+                // (take x m) scores (row stride m): every index in bounds
+                unsafe {
+                    gemm::gemm(
+                        take,
+                        m,
+                        dh,
+                        scores.as_mut_ptr(),
+                        1,
+                        m as isize,
+                        false,
+                        qp.as_ptr(),
+                        1,
+                        dh as isize,
+                        kp.as_ptr(),
+                        dh as isize,
+                        1,
+                        0.0,
+                        self.scale,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                if let Some((qs, ks)) = &segments {
+                    let bi = bh / h;
+                    for (ii, row) in scores.chunks_exact_mut(m).enumerate() {
+                        let qseg = qs[bi * n + i0 + ii];
+                        for (s, &kseg) in row.iter_mut().zip(&ks[bi * m..][..m]) {
+                            if kseg == 0 || kseg != qseg {
+                                *s = f32::NEG_INFINITY;
+                            }
+                        }
+                    }
+                }
+                super::vmath::softmax_rows_inplace(&mut scores, m);
+                let dst = &mut block[(r - first) * dh..][..take * dh];
+                // SAFETY: (take x m) probabilities times (m x dh) v into
+                // (take x dh) rows of the block, all row-major
+                unsafe {
+                    gemm::gemm(
+                        take,
+                        dh,
+                        m,
+                        dst.as_mut_ptr(),
+                        1,
+                        dh as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        m as isize,
+                        vp.as_ptr(),
+                        1,
+                        dh as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                r += take;
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -433,6 +469,44 @@ mod tests {
                 &format!("attention {b}x{h}x{n}x{m}x{dh}"),
             );
         }
+    }
+
+    /// Large enough for the CPU forward to split its rows into blocks on
+    /// the thread pool, blocks that start and end inside heads (600 rows a
+    /// head, 512 a block at head size 16), with and without segments.
+    #[test]
+    fn fused_attention_matches_the_reference_across_parallel_blocks() {
+        let (b, h, n, m, dh) = (2, 3, 600, 530, 16);
+        let qids: Vec<u32> = (0..b * n)
+            .map(|k| match k % n {
+                i if i < 250 => 1,
+                i if i < 590 => 2,
+                _ => 0,
+            })
+            .collect();
+        let kids: Vec<u32> = (0..b * m)
+            .map(|k| if k % m < 200 { 1 } else { 2 })
+            .collect();
+        let (qseg, kseg) = (segs(&qids, b), segs(&kids, b));
+        let inputs = [
+            random(&[b, h, n, dh], 4, 2.0),
+            random(&[b, h, m, dh], 5, 2.0),
+            random(&[b, h, m, dh], 6, 1.0),
+        ];
+        check(
+            &inputs,
+            |t| flash_attention(&t[0], &t[1], &t[2], None).unwrap(),
+            |t| flash_attention_reference(&t[0], &t[1], &t[2], None).unwrap(),
+            2e-5,
+            "unmasked, parallel blocks",
+        );
+        check(
+            &inputs,
+            |t| flash_attention(&t[0], &t[1], &t[2], Some((&qseg, &kseg))).unwrap(),
+            |t| flash_attention_reference(&t[0], &t[1], &t[2], Some((&qseg, &kseg))).unwrap(),
+            2e-5,
+            "segments, parallel blocks",
+        );
     }
 
     #[test]

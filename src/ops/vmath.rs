@@ -23,9 +23,25 @@ const PAR_BLOCK: usize = 1 << 13;
 /// each; the result does not depend on the number of threads.
 pub fn par_blocks(out: &mut [f32], row: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     let row = row.max(1);
-    let block = row * PAR_BLOCK.div_ceil(row);
+    if out.len() < PAR_MIN {
+        f(0, out);
+        return;
+    }
+    par_row_blocks(out, row, PAR_BLOCK.div_ceil(row), f);
+}
+
+/// [`par_blocks`] with the block size given: `rows` rows of `row` values a
+/// block, in parallel whenever there are two blocks or more (for work that
+/// costs far more per value than an element-wise op: attention rows).
+pub fn par_row_blocks(
+    out: &mut [f32],
+    row: usize,
+    rows: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    let block = row.max(1) * rows.max(1);
     let pool = candle_core::utils::barrier_pool();
-    if out.len() < PAR_MIN || out.len() <= block || pool.n_workers() == 0 {
+    if out.len() <= block || pool.n_workers() == 0 {
         f(0, out);
         return;
     }
@@ -142,6 +158,25 @@ multiversion! {
             }
             let inv = 1.0 / lanes(o, 0.0, |a, b| a + b);
             o.iter_mut().for_each(|v| *v *= inv);
+        }
+    }
+}
+
+multiversion! {
+    /// In place: the softmax of each row of `d` values of `x`; a row with
+    /// no finite value (every key masked) becomes zeros.
+    pub fn softmax_rows_inplace(x: &mut [f32], d: usize) {
+        for row in x.chunks_exact_mut(d) {
+            let max = lanes(row, f32::NEG_INFINITY, f32::max);
+            if max == f32::NEG_INFINITY {
+                row.fill(0.0);
+                continue;
+            }
+            for v in row.iter_mut() {
+                *v = exp(*v - max);
+            }
+            let inv = 1.0 / lanes(row, 0.0, |a, b| a + b);
+            row.iter_mut().for_each(|v| *v *= inv);
         }
     }
 }
