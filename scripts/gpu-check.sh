@@ -7,7 +7,8 @@
 #      attention kernels alone, then one denoising step for presets S, B, L,
 #      XL at 1k, 4k, 16k and 32k tokens (batch 2, bf16) with the fastest
 #      kernel that passed, after timing each op of an XL block at 16k tokens
-#      alone (where a step's time goes);
+#      alone (where a step's time goes); then the steps from 16k tokens again
+#      with the cuBLASLt linear layers (bias and GELU fused), if they passed;
 #   3. the PyTorch peer (benches/peer/gpu_speed.py, at most TORCH_BUDGET_S +
 #      60 s) on the same shapes: SDPA alone (and each of its backends), the
 #      step cases, and the table of both with their ratio;

@@ -114,7 +114,20 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        apply_last(&self.fc2, &gelu(&apply_last(&self.fc1, x)?)?)
+        let hidden = match self.fc1.bias() {
+            // bias and GELU fused into fc1's GEMM where that is turned on
+            Some(b) if crate::ops::fused_linear() && x.device().is_cuda() => {
+                let d = x.dim(D::Minus1)?;
+                let rows = x.elem_count() / d;
+                let h = crate::ops::linear(&x.reshape((rows, d))?, self.fc1.weight(), b, true)?;
+                let mut dims = x.dims().to_vec();
+                dims.pop();
+                dims.push(h.dim(1)?);
+                h.reshape(dims)?
+            }
+            _ => gelu(&apply_last(&self.fc1, x)?)?,
+        };
+        apply_last(&self.fc2, &hidden)
     }
 }
 

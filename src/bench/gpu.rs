@@ -104,6 +104,8 @@ pub struct GpuCheckReport {
     /// The attention kernel the steps ran (the fastest that passed parity).
     pub attention_kernel: String,
     pub steps: Vec<StepReport>,
+    /// The step cases from 16k tokens again with the fused linear layers.
+    pub steps_fused_linear: Vec<StepReport>,
     /// Cases left out, with the reason.
     pub skipped: Vec<String>,
 }
@@ -267,6 +269,33 @@ pub fn parity_checks(
             rel_error(&got, &want)
         };
         record(format!("rope 2x4x{n}x72"), dtype, tol, got());
+
+        // a linear layer with its bias (and GELU) in cuBLASLt's epilogue
+        if dtype != DType::F32 {
+            let rows = sz(1000);
+            let x = input(&[rows, 1152], 60, 1.0, dtype)?;
+            let w = input(&[1536, 1152], 61, 0.03, dtype)?;
+            let b = input(&[1536], 62, 0.5, dtype)?;
+            for gelu in [false, true] {
+                let want = ops::linear_reference(&x, &w, &b, gelu)?;
+                let got = || {
+                    let got = ops::linear_fused(
+                        &gpu(&x, dtype, device)?,
+                        &gpu(&w, dtype, device)?,
+                        &gpu(&b, dtype, device)?,
+                        gelu,
+                    )?;
+                    rel_error(&got, &want)
+                };
+                let what = if gelu { " + GELU" } else { "" };
+                record(
+                    format!("fused linear {rows}x1152 -> 1536{what}"),
+                    dtype,
+                    tol,
+                    got(),
+                );
+            }
+        }
     }
 
     // attention: (B, H, N, M, Dh, segments); every kernel on every case
@@ -851,6 +880,58 @@ pub fn run(
         ));
         report.steps.push(step_report);
         on_report(&report);
+    }
+    // the same steps with every linear layer's bias (and fc1's GELU) fused
+    // into its GEMM, where that op passed its parity checks: off by
+    // default until a run like this one shows what it is worth
+    let linear_ok = report
+        .parity
+        .iter()
+        .filter(|p| p.what.starts_with("fused linear"))
+        .all(|p| p.pass);
+    if linear_ok {
+        ops::set_fused_linear(true);
+        for case in cases.iter().filter(|c| c.tokens >= 16_384) {
+            let flops = case.dit.step_cost(case.tokens, opts.batch).total_flops as f64;
+            let guess = flops / (0.25 * peak * 1e9) + 0.05;
+            let left = opts.budget.saturating_sub(start.elapsed()).as_secs_f64();
+            if 3.0 * guess > left {
+                on_line(format!(
+                    "fused linears: {} at {} tokens skipped, {left:.0} s of the budget left",
+                    case.preset, case.tokens
+                ));
+                continue;
+            }
+            let step = StepCase {
+                preset: case.preset.clone(),
+                dit: case.dit.clone(),
+                grid: case.grid,
+                batch: opts.batch,
+                guidance: false,
+                dtype: opts.dtype,
+                repeat: 2,
+                warmup: 1,
+            };
+            match super::bench_step(&step, device, peak) {
+                Ok(r) => {
+                    on_line(format!(
+                        "fused linears: {:<6} {:>6} {:>10.2} ms {:>9.1} TFLOP/s {:>5.0}%",
+                        r.preset,
+                        r.tokens,
+                        r.median_ms,
+                        r.achieved_gflops / 1e3,
+                        100.0 * r.peak_fraction
+                    ));
+                    report.steps_fused_linear.push(r);
+                }
+                Err(e) => on_line(format!(
+                    "fused linears: {} at {} tokens failed: {e}",
+                    case.preset, case.tokens
+                )),
+            }
+            on_report(&report);
+        }
+        ops::set_fused_linear(false);
     }
     on_line(format!(
         "minisora's part took {:.0} s",

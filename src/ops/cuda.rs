@@ -30,7 +30,7 @@ pub(super) fn attention_supported(head_dim: usize) -> bool {
 }
 
 #[cfg(feature = "cuda")]
-pub(super) use imp::{flash_attention_fwd, norm_modulate_fwd, rope_fwd};
+pub(super) use imp::{flash_attention_fwd, fused_linear_fwd, norm_modulate_fwd, rope_fwd};
 
 #[cfg(feature = "cuda")]
 mod imp {
@@ -402,6 +402,131 @@ mod imp {
                 device: dev.clone(),
             },
             l1.shape().clone(),
+        ))
+    }
+
+    // -----------------------------------------------------------------------
+    // linear layers through cuBLASLt, bias (and GELU) in the epilogue
+
+    use candle_core::cuda_backend::cudarc::cublaslt::{
+        Activation, CudaBlasLT, Matmul, MatmulConfig,
+    };
+
+    /// One cuBLASLt handle (and its workspace) per device, on the stream
+    /// candle launches everything else on.
+    fn blas_lt(dev: &CudaDevice) -> Result<std::sync::Arc<CudaBlasLT>> {
+        use std::collections::HashMap;
+        use std::sync::{Arc, Mutex, OnceLock};
+        static HANDLES: OnceLock<Mutex<HashMap<String, Arc<CudaBlasLT>>>> = OnceLock::new();
+        let key = format!("{:?}", dev.id());
+        let mut handles = HANDLES
+            .get_or_init(|| Mutex::new(HashMap::new()))
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = handles.get(&key) {
+            return Ok(h.clone());
+        }
+        let h = Arc::new(
+            CudaBlasLT::new(dev.cuda_stream())
+                .map_err(|e| candle_core::Error::Msg(format!("cuBLASLt: {e:?}")))?,
+        );
+        handles.insert(key, h.clone());
+        Ok(h)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fused_linear_launch<T: DeviceRepr>(
+        dev: &CudaDevice,
+        (x, lx): (&CudaSlice<T>, &Layout),
+        (w, lw): (&CudaSlice<T>, &Layout),
+        (b, lb): (&CudaSlice<T>, &Layout),
+        [rows, n, k]: [usize; 3],
+        gelu: bool,
+    ) -> Result<CudaSlice<T>>
+    where
+        CudaBlasLT: Matmul<T>,
+    {
+        const OP: &str = "fused-linear";
+        let lt = blas_lt(dev)?;
+        let (x, w, b) = (
+            contiguous(x, lx, OP)?,
+            contiguous(w, lw, OP)?,
+            contiguous(b, lb, OP)?,
+        );
+        // SAFETY: the GEMM writes every element of y.
+        let mut y = unsafe { dev.alloc::<T>(rows * n)? };
+        if rows * n == 0 {
+            return Ok(y);
+        }
+        // cuBLASLt is column-major: y (rows, N) row-major is C = (N, rows);
+        // C = op(A) B with A = W stored (K, N) column-major (W (N, K)
+        // row-major), transposed, and B = x stored (K, rows) column-major;
+        // the epilogue adds bias[i] to row i of C, one per output feature
+        let cfg = MatmulConfig {
+            transa: true,
+            transb: false,
+            transc: false,
+            m: n as u64,
+            n: rows as u64,
+            k: k as u64,
+            alpha: 1.0,
+            lda: k as i64,
+            ldb: k as i64,
+            beta: 0.0,
+            ldc: n as i64,
+            stride_a: None,
+            stride_b: None,
+            stride_c: None,
+            stride_bias: None,
+            batch_size: None,
+        };
+        let act = gelu.then_some(Activation::Gelu);
+        // SAFETY: the layouts above match the buffers' sizes: w N x K, x
+        // rows x K, b N, y rows x N, all contiguous.
+        unsafe { lt.matmul(cfg, &w, &x, &mut y, Some(&b), act.as_ref()) }
+            .map_err(|e| candle_core::Error::Msg(format!("{OP}: cuBLASLt: {e:?}")))?;
+        Ok(y)
+    }
+
+    pub(crate) fn fused_linear_fwd(
+        gelu: bool,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        use CudaStorageSlice as S;
+        let dev = &s1.device;
+        let (rows, k) = l1.shape().dims2()?;
+        let (n, _) = l2.shape().dims2()?;
+        let dims = [rows, n, k];
+        let slice = match (&s1.slice, &s2.slice, &s3.slice) {
+            (S::BF16(x), S::BF16(w), S::BF16(b)) => S::BF16(fused_linear_launch(
+                dev,
+                (x, l1),
+                (w, l2),
+                (b, l3),
+                dims,
+                gelu,
+            )?),
+            (S::F16(x), S::F16(w), S::F16(b)) => S::F16(fused_linear_launch(
+                dev,
+                (x, l1),
+                (w, l2),
+                (b, l3),
+                dims,
+                gelu,
+            )?),
+            _ => bail!("fused-linear: x, weight and bias must share bf16 or f16"),
+        };
+        Ok((
+            CudaStorage {
+                slice,
+                device: dev.clone(),
+            },
+            Shape::from((rows, n)),
         ))
     }
 }

@@ -9,6 +9,7 @@ mod attention;
 pub mod cuda;
 mod fused;
 mod gather;
+mod linear;
 #[cfg(test)]
 pub(crate) mod test_util;
 mod vmath;
@@ -22,6 +23,7 @@ pub use fused::{
     silu_reference, softmax_last, softmax_last_reference,
 };
 pub use gather::{gather_neighbours, gather_neighbours_reference};
+pub use linear::{fused_linear, linear, linear_fused, linear_reference, set_fused_linear};
 
 /// Whether `MINISORA_REFERENCE_OPS` asks for the reference path of every op
 /// (to compare whole runs). Read once: this runs for every op of every step.

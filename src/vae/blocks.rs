@@ -21,7 +21,14 @@ pub fn apply_last(linear: &Linear, x: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let (lead, d) = dims.split_at(dims.len() - 1);
     let rows: usize = lead.iter().product();
-    let y = linear.forward(&x.reshape((rows, d[0]))?)?;
+    let x = x.reshape((rows, d[0]))?;
+    let y = match linear.bias() {
+        // bias fused into the GEMM where that is turned on (a GPU)
+        Some(b) if crate::ops::fused_linear() && x.device().is_cuda() => {
+            crate::ops::linear(&x, linear.weight(), b, false)?
+        }
+        _ => linear.forward(&x)?,
+    };
     let mut out = lead.to_vec();
     out.push(y.dim(1)?);
     Ok(y.reshape(out)?)
