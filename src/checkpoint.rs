@@ -189,6 +189,19 @@ pub fn varmap_dtype_device(
         .unwrap_or((candle_core::DType::F32, candle_core::Device::Cpu)))
 }
 
+/// What a model for inference is built from: a copy of `varmap` in `dtype`
+/// (so its dtype can still be read) and a builder over that copy's
+/// variables as plain tensors (see [`inference_tensors`]).
+pub fn inference_builder(
+    varmap: &candle_nn::VarMap,
+    dtype: candle_core::DType,
+) -> Result<(candle_nn::VarMap, candle_nn::VarBuilder<'static>)> {
+    let (_, device) = varmap_dtype_device(varmap)?;
+    let copy = varmap_as(varmap, dtype)?;
+    let vb = candle_nn::VarBuilder::from_tensors(inference_tensors(&copy, dtype)?, dtype, &device);
+    Ok((copy, vb))
+}
+
 /// `varmap`'s variables as plain tensors in `dtype`, for a model that only
 /// runs forward: build it with `VarBuilder::from_tensors`. An op on a
 /// variable records its inputs for the backward pass, so a forward through

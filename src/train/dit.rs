@@ -87,13 +87,7 @@ impl TextToVideo {
     /// tensors, so a forward records no backward graph (see
     /// [`checkpoint::inference_tensors`]).
     pub fn for_inference(&self, dtype: DType) -> Result<Self> {
-        let (_, device) = checkpoint::varmap_dtype_device(&self.varmap)?;
-        let varmap = checkpoint::varmap_as(&self.varmap, dtype)?;
-        let vb = VarBuilder::from_tensors(
-            checkpoint::inference_tensors(&varmap, dtype)?,
-            dtype,
-            &device,
-        );
+        let (varmap, vb) = checkpoint::inference_builder(&self.varmap, dtype)?;
         Ok(Self {
             text: TextEncoder::new(&self.text.config, vb.pp("text"))?,
             dit: Dit::new(&self.dit.config, vb.pp("dit"))?,

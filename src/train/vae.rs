@@ -54,13 +54,7 @@ impl VaeCheckpoint {
     /// a forward records no backward graph (see
     /// [`checkpoint::inference_tensors`]).
     pub fn for_inference(&self, dtype: DType) -> Result<VaeCheckpoint> {
-        let (_, device) = checkpoint::varmap_dtype_device(&self.varmap)?;
-        let varmap = checkpoint::varmap_as(&self.varmap, dtype)?;
-        let vb = VarBuilder::from_tensors(
-            checkpoint::inference_tensors(&varmap, dtype)?,
-            dtype,
-            &device,
-        );
+        let (varmap, vb) = checkpoint::inference_builder(&self.varmap, dtype)?;
         Ok(VaeCheckpoint {
             meta: self.meta.clone(),
             vae: Vae::new(&self.meta.vae, vb)?,
