@@ -19,6 +19,7 @@
 //! `(T, H, W, 3)`. All randomness comes from an explicit seed through
 //! [`rng::Rng`], so the same seed gives the same bytes on every machine.
 
+pub mod alloc;
 pub mod bench;
 pub mod checkpoint;
 pub mod data;

@@ -1,6 +1,7 @@
 //! The detector: pixels near an object's palette colour form its mask in
-//! each frame; the mask's area, fill of its bounding box and centroid path
-//! give shape, size and motion.
+//! each frame; the mask's area, the share of its bounding box it fills, how
+//! its mass splits between the box's upper and lower halves, and its
+//! centroid path give shape, size and motion.
 
 use serde::Serialize;
 
@@ -35,27 +36,45 @@ struct Mask {
     cy: f64,
     /// Area over bounding-box area.
     fill: f64,
+    /// Share of the area in the upper half of the bounding box (a row on
+    /// the middle line counts half): 1/2 for a disc or a square, 1/4 for a
+    /// triangle that points up.
+    top: f64,
 }
 
 fn mask(frames: &Frames, f: usize, rgb: [u8; 3]) -> Option<Mask> {
     let (_, h, w, _) = frames.dim();
+    let mut rows = vec![0usize; h];
     let (mut n, mut sx, mut sy) = (0usize, 0.0, 0.0);
     let (mut x0, mut x1, mut y0, mut y1) = (usize::MAX, 0, usize::MAX, 0);
     for y in 0..h {
         for x in 0..w {
             if (0..3).all(|c| (frames[[f, y, x, c]] as i32 - rgb[c] as i32).abs() <= TOLERANCE) {
                 n += 1;
+                rows[y] += 1;
                 sx += x as f64 + 0.5;
                 sy += y as f64 + 0.5;
                 (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
             }
         }
     }
-    (n > 0).then(|| Mask {
+    if n == 0 {
+        return None;
+    }
+    // rows y0..=y1; twice the middle line is y0 + y1 + 1
+    let upper: f64 = (y0..=y1)
+        .map(|y| match (2 * y + 1).cmp(&(y0 + y1 + 1)) {
+            std::cmp::Ordering::Less => rows[y] as f64,
+            std::cmp::Ordering::Equal => rows[y] as f64 / 2.0,
+            std::cmp::Ordering::Greater => 0.0,
+        })
+        .sum();
+    Some(Mask {
         area: n as f64,
         cx: sx / n as f64,
         cy: sy / n as f64,
         fill: n as f64 / ((x1 - x0 + 1) * (y1 - y0 + 1)) as f64,
+        top: upper / n as f64,
     })
 }
 
@@ -68,13 +87,17 @@ fn unit_area(shape: Shape) -> f64 {
     }
 }
 
-fn classify_shape(fill: f64) -> Shape {
-    if fill > 0.9 {
-        Shape::Square
-    } else if fill > 0.6 {
-        Shape::Circle
-    } else {
+/// A triangle (pointing up) is bottom-heavy; of the two symmetric shapes a
+/// square fills its box (1.0) and a disc does not (pi / 4). The cuts sit
+/// between the shapes' values, leaving room for soft edges: bounding-box
+/// fill alone calls a small or blurred triangle a disc.
+fn classify_shape(m: &Mask) -> Shape {
+    if m.top < 0.375 {
         Shape::Triangle
+    } else if m.fill > 0.9 {
+        Shape::Square
+    } else {
+        Shape::Circle
     }
 }
 
@@ -109,7 +132,7 @@ fn score(frames: &Frames, o: &Object, t: usize, side: f64) -> ObjectScore {
         .flatten()
         .max_by(|a, b| a.area.total_cmp(&b.area))
         .unwrap_or(first);
-    let shape = classify_shape(best.fill);
+    let shape = classify_shape(best);
     // size from the middle of the clip, where a growing object is at r0
     let mid = masks[t / 2].as_ref().unwrap_or(best);
     let r = (mid.area / unit_area(o.shape)).sqrt() / side;

@@ -102,35 +102,57 @@ pub fn evaluate(
         }
         Ok(())
     })?;
-    let mut sums = [0usize; 4];
-    let (mut objects, mut pass) = (0usize, [[0usize; 2]; 2]);
+    let mut tally = AttributeTally::default();
     for (scene, scores) in prompts.iter().zip(results) {
         let scores =
             scores.ok_or_else(|| crate::Error::Invalid("a prompt was not scored".into()))?;
-        for s in &scores {
+        tally.add(scene, &scores);
+    }
+    Ok(tally.report())
+}
+
+/// Running totals of detector scores: per attribute over objects, and
+/// passes over prompts of one and of two objects.
+#[derive(Clone, Debug, Default)]
+pub struct AttributeTally {
+    /// colour, shape, size, motion: objects with the attribute right
+    right: [usize; 4],
+    objects: usize,
+    /// per kind (one object, two): `[prompts, passing]`
+    pass: [[usize; 2]; 2],
+}
+
+impl AttributeTally {
+    /// Adds the scores of one clip made for `scene` (one per object).
+    pub fn add(&mut self, scene: &Scene, scores: &[ObjectScore]) {
+        for s in scores {
             for (k, ok) in [s.colour, s.shape, s.size, s.motion]
                 .into_iter()
                 .enumerate()
             {
-                sums[k] += ok as usize;
+                self.right[k] += ok as usize;
             }
         }
-        objects += scores.len();
-        let kind = scene.objects.len() - 1;
-        pass[kind][0] += 1;
-        pass[kind][1] += scores.iter().all(ObjectScore::all) as usize;
+        self.objects += scores.len();
+        let kind = (scene.objects.len() - 1).min(1);
+        self.pass[kind][0] += 1;
+        self.pass[kind][1] += scores.iter().all(ObjectScore::all) as usize;
     }
-    let frac = |k: usize, n: usize| k as f64 / n.max(1) as f64;
-    let rate = |[n, ok]: [usize; 2]| (n > 0).then(|| frac(ok, n));
-    Ok(AdherenceReport {
-        prompts: prompts.len(),
-        objects,
-        colour: frac(sums[0], objects),
-        shape: frac(sums[1], objects),
-        size: frac(sums[2], objects),
-        motion: frac(sums[3], objects),
-        pass_rate: frac(pass[0][1] + pass[1][1], prompts.len()),
-        one_object_pass: rate(pass[0]),
-        two_object_pass: rate(pass[1]),
-    })
+
+    pub fn report(&self) -> AdherenceReport {
+        let frac = |k: usize, n: usize| k as f64 / n.max(1) as f64;
+        let rate = |[n, ok]: [usize; 2]| (n > 0).then(|| frac(ok, n));
+        let prompts = self.pass[0][0] + self.pass[1][0];
+        AdherenceReport {
+            prompts,
+            objects: self.objects,
+            colour: frac(self.right[0], self.objects),
+            shape: frac(self.right[1], self.objects),
+            size: frac(self.right[2], self.objects),
+            motion: frac(self.right[3], self.objects),
+            pass_rate: frac(self.pass[0][1] + self.pass[1][1], prompts),
+            one_object_pass: rate(self.pass[0]),
+            two_object_pass: rate(self.pass[1]),
+        }
+    }
 }
