@@ -1,5 +1,6 @@
 //! minisora's integration tests: one binary, a module per area.
 
+mod candle_patches;
 mod cli;
 mod clips;
 mod detector;

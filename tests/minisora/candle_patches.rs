@@ -1,0 +1,121 @@
+//! The vendored candle-core's patches (third_party/README.md) against
+//! results computed by hand: sums over runs of leading or middle dims, and
+//! gradients through nodes with one consumer, several consumers, and
+//! subtraction.
+
+use candle_core::{DType, Device, Tensor, Var};
+
+fn values(n: usize) -> Vec<f32> {
+    // distinct, exactly representable, of mixed sign
+    (0..n).map(|i| (i as f32 * 0.37).sin() * 4.0).collect()
+}
+
+#[test]
+fn sums_over_runs_of_dims_match_a_loop() {
+    let (a, b, c, d) = (3, 4, 5, 6);
+    let v = values(a * b * c * d);
+    let x = Tensor::from_vec(v.clone(), (a, b, c, d), &Device::Cpu).unwrap();
+    let at = |i: usize, j: usize, k: usize, l: usize| v[((i * b + j) * c + k) * d + l];
+    // leading run (0, 1): what a bias's gradient sums over
+    let got: Vec<f32> = x
+        .sum_keepdim((0, 1))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    for k in 0..c {
+        for l in 0..d {
+            let mut want = 0.0f32;
+            for i in 0..a {
+                for j in 0..b {
+                    want += at(i, j, k, l);
+                }
+            }
+            assert_eq!(got[k * d + l], want, "(0, 1) at ({k}, {l})");
+        }
+    }
+    // middle run (1, 2): a sum over tokens inside each clip
+    let got: Vec<f32> = x
+        .sum_keepdim((1, 2))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    for i in 0..a {
+        for l in 0..d {
+            let mut want = 0.0f32;
+            for j in 0..b {
+                for k in 0..c {
+                    want += at(i, j, k, l);
+                }
+            }
+            assert_eq!(got[i * d + l], want, "(1, 2) at ({i}, {l})");
+        }
+    }
+    // dims that are not one run still take upstream's path
+    let got: Vec<f32> = x
+        .sum_keepdim((0, 2))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let mut want = 0.0f32;
+    for i in 0..a {
+        for k in 0..c {
+            want += at(i, 1, k, 2);
+        }
+    }
+    assert!(
+        (got[d + 2] - want).abs() < 1e-4,
+        "(0, 2): {} against {want}",
+        got[d + 2]
+    );
+}
+
+#[test]
+fn gradients_through_single_and_shared_consumers() {
+    // y = sum(w * x) + sum((w - b) * x) + sum(x * x): w and x are used twice
+    let dev = Device::Cpu;
+    let (xs, ws, bs) = (
+        [1.5f32, -2.0, 0.25],
+        [0.5f32, 3.0, -1.0],
+        [2.0f32, -0.5, 1.0],
+    );
+    let x = Var::from_slice(&xs, 3, &dev).unwrap();
+    let w = Var::from_slice(&ws, 3, &dev).unwrap();
+    let b = Var::from_slice(&bs, 3, &dev).unwrap();
+    let first = (w.as_tensor() * x.as_tensor()).unwrap().sum_all().unwrap();
+    let diff = (w.as_tensor() - b.as_tensor()).unwrap();
+    let second = (&diff * x.as_tensor()).unwrap().sum_all().unwrap();
+    let third = x.as_tensor().sqr().unwrap().sum_all().unwrap();
+    let y = ((first + second).unwrap() + third).unwrap();
+    let grads = y.backward().unwrap();
+    let get = |v: &Var| -> Vec<f32> { grads.get(v.as_tensor()).unwrap().to_vec1().unwrap() };
+    for i in 0..3 {
+        // dy/dx = w + (w - b) + 2x; dy/dw = 2x; dy/db = -x
+        assert_eq!(get(&x)[i], ws[i] + (ws[i] - bs[i]) + 2.0 * xs[i]);
+        assert_eq!(get(&w)[i], 2.0 * xs[i]);
+        assert_eq!(get(&b)[i], -xs[i]);
+    }
+    // a broadcast bias: its gradient is the sum over rows
+    let m = Var::from_slice(&values(12), (4, 3), &dev).unwrap();
+    let bias = Var::from_slice(&bs, 3, &dev).unwrap();
+    let out = m.as_tensor().broadcast_add(bias.as_tensor()).unwrap();
+    let loss = (out * 2.0).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let gb: Vec<f32> = grads.get(bias.as_tensor()).unwrap().to_vec1().unwrap();
+    assert_eq!(gb, vec![8.0; 3]);
+    let gm = grads.get(m.as_tensor()).unwrap();
+    assert_eq!(gm.dims(), &[4, 3]);
+    assert_eq!(gm.dtype(), DType::F32);
+    assert!(gm
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .all(|&g| g == 2.0));
+}
