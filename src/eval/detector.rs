@@ -133,9 +133,14 @@ fn score(frames: &Frames, o: &Object, t: usize, side: f64) -> ObjectScore {
         .max_by(|a, b| a.area.total_cmp(&b.area))
         .unwrap_or(first);
     let shape = classify_shape(best);
-    // size from the middle of the clip, where a growing object is at r0
-    let mid = masks[t / 2].as_ref().unwrap_or(best);
-    let r = (mid.area / unit_area(o.shape)).sqrt() / side;
+    // size: a growing or shrinking object is at r0 in the middle of the
+    // clip; any other keeps its size, so read it where it is least hidden
+    // (the second object of a prompt is drawn over the first)
+    let sized = match o.motion {
+        Motion::Grow | Motion::Shrink => masks[t / 2].as_ref().unwrap_or(best),
+        _ => best,
+    };
+    let r = (sized.area / unit_area(o.shape)).sqrt() / side;
     let size = match o.size {
         Some(Size::Small) => r < (0.10 + UNSIZED_RADIUS.0) / 2.0,
         Some(Size::Large) => r > (0.20 + UNSIZED_RADIUS.1) / 2.0,

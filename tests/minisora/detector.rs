@@ -34,7 +34,7 @@ fn rendered_clips_pass_their_own_prompts() {
         pct(motion)
     );
     assert!(
-        pct(shape) >= 95.0 && pct(size) >= 95.0,
+        pct(shape) >= 97.0 && pct(size) >= 95.0,
         "shape {} size {}",
         pct(shape),
         pct(size)
@@ -52,4 +52,52 @@ fn clips_of_other_prompts_fail() {
     assert!(!wrong("a small red circle moving right").size);
     assert!(!wrong("a large red circle moving left").motion);
     assert!(!wrong("a large red circle growing").motion);
+}
+
+/// `0.7 x + 0.3 (1 2 1)/4 x (1 2 1)/4`: edges about as soft as an
+/// autoencoder's (a stronger blur makes the smallest triangles, 6 pixels
+/// tall, into blobs).
+fn soften(frames: &minisora::video::Frames) -> minisora::video::Frames {
+    let (t, h, w, _) = frames.dim();
+    let mut out = frames.clone();
+    let tap = [0.25, 0.5, 0.25];
+    for f in 0..t {
+        for y in 0..h {
+            for x in 0..w {
+                for c in 0..3 {
+                    let mut blur = 0.0;
+                    for (dy, wy) in tap.iter().enumerate() {
+                        for (dx, wx) in tap.iter().enumerate() {
+                            let (yy, xx) = (y + dy, x + dx);
+                            if (1..=h).contains(&yy) && (1..=w).contains(&xx) {
+                                blur += wy * wx * frames[[f, yy - 1, xx - 1, c]] as f64;
+                            }
+                        }
+                    }
+                    let v = 0.7 * frames[[f, y, x, c]] as f64 + 0.3 * blur;
+                    out[[f, y, x, c]] = v.round() as u8;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Soft edges shift a shape's bounding-box fill (a small triangle's toward a
+/// disc's); the shape read stays right for every shape and size.
+#[test]
+fn soft_edged_shapes_keep_their_shape() {
+    for shape in ["circle", "square", "triangle"] {
+        for size in ["small ", "", "large "] {
+            let scene = Scene::parse(&format!("a {size}red {shape} standing still")).unwrap();
+            for seed in 0..20 {
+                let frames = render(&scene, Canvas::DEFAULT, seed).unwrap().frames;
+                let score = detect(&soften(&frames), &scene)[0].clone();
+                assert!(
+                    score.colour && score.shape,
+                    "{scene} (seed {seed}): {score:?}"
+                );
+            }
+        }
+    }
 }
