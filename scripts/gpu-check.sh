@@ -124,7 +124,7 @@ echo "== the whole pipeline on the GPU ($((SECONDS - start)) s)"
 if [ "${PIPELINE:-1}" = 0 ]; then
     echo "skipped (PIPELINE=0)"
 elif [ -n "$bin" ] && [ -f "$bin" ] && [ -d samples/model ]; then
-    for dt in bf16 f32; do
+    for dt in bf16 f16 f32; do
         t0=$SECONDS
         timeout --kill-after=5 60 "$bin" generate "a red circle moving right and a small blue square moving up" \
             --device cuda --dtype $dt --seed 0 -o "$out/generate-$dt.png" \
@@ -133,6 +133,14 @@ elif [ -n "$bin" ] && [ -f "$bin" ] && [ -d samples/model ]; then
     done
     timeout --kill-after=5 ${EVAL_BUDGET_S:-90} "$bin" eval --device cuda --count ${EVAL_COUNT:-10} \
         || echo "eval on the GPU failed or ran out of time"
+    # the compression network alone, encoder included: the same 50 held-out
+    # clips on the CPU (the f32 reference) and on the GPU in each dtype
+    for dev_dt in "cpu f32" "cuda f32" "cuda bf16" "cuda f16"; do
+        read -r dev dt <<< "$dev_dt"
+        echo "vae eval --device $dev --dtype $dt:"
+        timeout --kill-after=5 60 "$bin" vae eval --device "$dev" --dtype "$dt" --count 50 \
+            || echo "vae eval ($dev, $dt) failed"
+    done
 fi
 
 echo "== done in $((SECONDS - start)) s; reports in $out"

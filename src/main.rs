@@ -134,17 +134,24 @@ struct SamplingArgs {
     /// [default: the shift the model was trained with]
     #[arg(long)]
     shift: Option<f64>,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+/// Where a model runs and in what precision.
+#[derive(Args, Clone)]
+struct DeviceArgs {
     /// cpu, or cuda (a minisora built with --features cuda, an NVIDIA GPU):
-    /// every stage (text encoder, DiT, sampler, decoder) runs there
+    /// every stage of the command runs there
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Weights and activations: f32, bf16 or f16 (the sampler's state stays
+    /// Weights and activations: f32, bf16 or f16 (a sampler's state stays
     /// f32) [default: f32 on the CPU, bf16 on a GPU]
     #[arg(long)]
     dtype: Option<String>,
 }
 
-impl SamplingArgs {
+impl DeviceArgs {
     fn device_dtype(&self) -> Result<(Device, candle_core::DType)> {
         let device = parse_device(&self.device)?;
         let dtype = match &self.dtype {
@@ -153,6 +160,12 @@ impl SamplingArgs {
             None => candle_core::DType::BF16,
         };
         Ok((device, dtype))
+    }
+}
+
+impl SamplingArgs {
+    fn device_dtype(&self) -> Result<(Device, candle_core::DType)> {
+        self.device.device_dtype()
     }
 
     fn options(&self, seed: u64, canvas: Canvas) -> minisora::pipeline::SampleOptions {
@@ -391,11 +404,6 @@ struct BenchStepArgs {
     json: bool,
 }
 
-/// The shipped model's training lengths: chosen so that `train model` fits
-/// in 90 minutes on the 2-core machine, the autoencoder's stage in 30.
-const VAE_STEPS: u64 = 8400;
-const DIT_STEPS: u64 = 6000;
-
 #[derive(Args)]
 struct TrainModelArgs {
     /// Model preset (autoencoder and DiT): default or tiny
@@ -475,6 +483,10 @@ struct TrainDitArgs {
     /// Recorded in the checkpoint as the sampling default.
     #[arg(long, default_value_t = DIT_TIME_SHIFT)]
     time_shift: f64,
+    /// Share of the training times drawn without the shift (0 = all shifted):
+    /// a mixture also trains the middle times, where shapes are settled
+    #[arg(long, default_value_t = DIT_TIME_MIX)]
+    time_mix: f64,
     /// Decay of the weights' moving average used for sampling
     #[arg(long, default_value_t = 0.999)]
     ema: f64,
@@ -637,6 +649,8 @@ struct VaeRoundtripArgs {
     /// Output (format from the name, as for render)
     #[arg(short, long)]
     output: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 #[derive(Args)]
@@ -653,6 +667,8 @@ struct VaeEvalArgs {
     /// Print JSON
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 #[derive(Args)]
@@ -844,6 +860,12 @@ const VAE_LR_FLOOR: f64 = 0.05;
 const VAE_EMA: f64 = 0.0;
 /// The timestep shift the DiT trains with (`train dit` and `train model`).
 const DIT_TIME_SHIFT: f64 = 3.0;
+/// Share of the DiT's training times drawn without the shift.
+const DIT_TIME_MIX: f64 = 0.0;
+/// The shipped model's training lengths: chosen so that `train model` fits
+/// in 90 minutes on the 2-core machine, the autoencoder's stage in 30.
+const VAE_STEPS: u64 = 8400;
+const DIT_STEPS: u64 = 6000;
 
 fn train_vae(args: TrainVaeArgs) -> Result<()> {
     use minisora::train::{vae, RunConfig};
@@ -920,6 +942,7 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
         vae_dir: &args.vae,
         cfg_dropout: args.cfg_dropout,
         time_shift: args.time_shift,
+        time_mix: args.time_mix,
     };
     let session = Session {
         resume: args.resume,
@@ -1308,6 +1331,7 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
         ),
         cfg_dropout: 0.1,
         time_shift: DIT_TIME_SHIFT,
+        time_mix: DIT_TIME_MIX,
     };
     let session = Session {
         resume: args.resume,
@@ -1505,16 +1529,15 @@ fn eval(args: EvalArgs) -> Result<()> {
 
 fn vae_roundtrip(args: VaeRoundtripArgs) -> Result<()> {
     let ckpt_dir = args.checkpoint.unwrap_or_else(|| shipped("vae"));
-    let ckpt = minisora::train::vae::load(&ckpt_dir, &Device::Cpu)?
-        .for_inference(candle_core::DType::F32)?;
+    let (device, dtype) = args.device.device_dtype()?;
+    let ckpt = minisora::train::vae::load(&ckpt_dir, &device)?.for_inference(dtype)?;
     let frames = video::read(&args.input, &Default::default())?;
     let (t, h, w, _) = frames.dim();
     ckpt.meta
         .vae
         .latent_size([t, h, w])
         .with_context(|| format!("{} cannot be encoded", args.input.display()))?;
-    let x = video::frames_to_tensor(&frames.view(), &Device::Cpu)?;
-    let recon = video::tensor_to_frames(&ckpt.vae.reconstruct(&x)?)?;
+    let recon = reconstruct(&ckpt, &frames, &device, dtype)?;
     let out = if args.side_by_side {
         ndarray::concatenate(ndarray::Axis(2), &[frames.view(), recon.view()])?
     } else {
@@ -1535,11 +1558,22 @@ fn vae_roundtrip(args: VaeRoundtripArgs) -> Result<()> {
     Ok(())
 }
 
+/// Encodes and decodes `frames` on `device` in `dtype` (the posterior's mean).
+fn reconstruct(
+    ckpt: &minisora::train::vae::VaeCheckpoint,
+    frames: &video::Frames,
+    device: &Device,
+    dtype: candle_core::DType,
+) -> Result<video::Frames> {
+    let x = video::frames_to_tensor(&frames.view(), device)?.to_dtype(dtype)?;
+    Ok(video::tensor_to_frames(&ckpt.vae.reconstruct(&x)?)?)
+}
+
 fn vae_eval(args: VaeEvalArgs) -> Result<()> {
     use minisora::train::{DataSource, HELD_OUT};
     let ckpt_dir = args.checkpoint.unwrap_or_else(|| shipped("vae"));
-    let ckpt = minisora::train::vae::load(&ckpt_dir, &Device::Cpu)?
-        .for_inference(candle_core::DType::F32)?;
+    let (device, dtype) = args.device.device_dtype()?;
+    let ckpt = minisora::train::vae::load(&ckpt_dir, &device)?.for_inference(dtype)?;
     let run = &ckpt.meta.run;
     let canvas = run.canvas()?;
     let (source, count) = match &args.data {
@@ -1582,8 +1616,7 @@ fn vae_eval(args: VaeEvalArgs) -> Result<()> {
             }
             DataSource::Shapes { .. } => source.clip(HELD_OUT + i as u64)?,
         };
-        let x = video::frames_to_tensor(&frames.view(), &Device::Cpu)?;
-        let recon = video::tensor_to_frames(&ckpt.vae.reconstruct(&x)?)?;
+        let recon = reconstruct(&ckpt, &frames, &device, dtype)?;
         stats.add(&frames, &recon);
         if matches!(source, DataSource::Shapes { .. }) {
             let scene = Scene::parse(&caption)?;

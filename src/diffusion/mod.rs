@@ -111,11 +111,26 @@ pub fn interpolate(x0: &Tensor, eps: &Tensor, t: &Tensor) -> Result<(Tensor, Ten
 /// motion, which ties the places of all frames together) is decided only
 /// above `t = 0.9`, where unshifted logit-normal draws fall 1.4% of the time.
 pub fn logit_normal(rng: &mut Rng, n: usize, mean: f64, std: f64, shift: f64) -> Vec<f32> {
-    crate::train::gaussian(rng, n)
+    logit_normal_mixed(rng, &vec![false; n], mean, std, shift)
+}
+
+/// [`logit_normal`] with some draws left unshifted: draw `i` is shifted
+/// unless `unshifted[i]`. A mixture keeps the training at high noise that the
+/// shift buys while still training the middle times, where the unshifted
+/// distribution puts its weight and where an object's shape is settled.
+pub fn logit_normal_mixed(
+    rng: &mut Rng,
+    unshifted: &[bool],
+    mean: f64,
+    std: f64,
+    shift: f64,
+) -> Vec<f32> {
+    crate::train::gaussian(rng, unshifted.len())
         .into_iter()
-        .map(|z| {
+        .zip(unshifted)
+        .map(|(z, &plain)| {
             let t = 1.0 / (1.0 + (-(mean + std * z as f64)).exp());
-            shift_time(t, shift) as f32
+            shift_time(t, if plain { 1.0 } else { shift }) as f32
         })
         .collect()
 }

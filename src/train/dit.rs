@@ -22,7 +22,7 @@ use super::vae::{self as vae_train, VaeCheckpoint};
 use super::{randn, seeded_init, update_ema, CsvLog, RunConfig, Session, StepReport, TrainOutcome};
 use crate::checkpoint::{self, read_json, read_tensors, write_json, write_tensors};
 use crate::data::shapes_world::{Scene, CONTRACT_VERSION};
-use crate::diffusion::{interpolate, logit_normal};
+use crate::diffusion::{interpolate, logit_normal_mixed};
 use crate::dit::{Dit, DitConfig};
 use crate::rng::Rng;
 use crate::text::{TextConfig, TextEncoder, Tokenizer};
@@ -47,6 +47,10 @@ pub struct DitMeta {
     /// otherwise. Models from before it existed were trained unshifted.
     #[serde(default = "unshifted")]
     pub time_shift: f64,
+    /// The share of training times drawn without the shift
+    /// ([`crate::diffusion::logit_normal_mixed`]); 0 for models from before it.
+    #[serde(default)]
+    pub time_mix: f64,
     pub command: String,
     pub minisora_version: String,
 }
@@ -166,6 +170,8 @@ pub struct DitJob<'a> {
     pub cfg_dropout: f64,
     /// Timestep shift of the training times (1: plain logit-normal).
     pub time_shift: f64,
+    /// Share of the training times drawn unshifted (0: all shifted).
+    pub time_mix: f64,
 }
 
 /// Trains (or resumes) text encoder and DiT in `out` (`out/checkpoint/`,
@@ -183,6 +189,12 @@ pub fn train(
         invalid!(
             "the time shift must be a positive number, got {}",
             job.time_shift
+        );
+    }
+    if !(0.0..=1.0).contains(&job.time_mix) {
+        invalid!(
+            "the unshifted share of training times must be in [0, 1], got {}",
+            job.time_mix
         );
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -235,6 +247,7 @@ pub fn train(
             || meta.text != text_cfg
             || same_run != *run
             || meta.time_shift != job.time_shift
+            || meta.time_mix != job.time_mix
         {
             invalid!(
                 "cannot resume: {} was trained with other settings; only --steps may change",
@@ -272,6 +285,7 @@ pub fn train(
         step,
         cfg_dropout: job.cfg_dropout,
         time_shift: job.time_shift,
+        time_mix: job.time_mix,
         command: session.command.clone(),
         minisora_version: env!("CARGO_PKG_VERSION").into(),
     };
@@ -298,8 +312,13 @@ pub fn train(
         let dropped: Vec<bool> = (0..run.batch)
             .map(|_| rng.uniform() < job.cfg_dropout)
             .collect();
+        // which times go unshifted: drawn only for a mixture, so that runs
+        // without one draw what they always drew
+        let unshifted: Vec<bool> = (0..run.batch)
+            .map(|_| job.time_mix > 0.0 && rng.uniform() < job.time_mix)
+            .collect();
         let t = Tensor::from_vec(
-            logit_normal(&mut rng, run.batch, 0.0, 1.0, job.time_shift),
+            logit_normal_mixed(&mut rng, &unshifted, 0.0, 1.0, job.time_shift),
             run.batch,
             device,
         )?;

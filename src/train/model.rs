@@ -28,6 +28,7 @@ pub struct ModelPlan {
     pub dit_run: RunConfig,
     pub cfg_dropout: f64,
     pub time_shift: f64,
+    pub time_mix: f64,
 }
 
 /// The stage a progress report belongs to.
@@ -118,6 +119,7 @@ pub fn train(
         vae_dir: &vae_out.checkpoint,
         cfg_dropout: plan.cfg_dropout,
         time_shift: plan.time_shift,
+        time_mix: plan.time_mix,
     };
     let dit_out = dit::train(&dit_dir, &job, &stage_session(&dit_dir), device, |r| {
         on_step(Stage::Dit, r)

@@ -3,7 +3,8 @@
 
 use candle_core::{Device, Tensor};
 use minisora::diffusion::{
-    self, guide, interpolate, logit_normal, shift_time, timesteps, Denoiser, SamplerState,
+    self, guide, interpolate, logit_normal, logit_normal_mixed, shift_time, timesteps, Denoiser,
+    SamplerState,
 };
 use minisora::rng::Rng;
 use minisora::train::randn;
@@ -138,6 +139,12 @@ fn the_path_timesteps_and_training_times_are_as_defined() {
     assert!((median(&times) - 0.5).abs() < 0.02);
     assert!((median(&shifted) - 0.75).abs() < 0.02);
     assert!(times.iter().zip(&shifted).all(|(a, b)| b >= a));
+    // a mixture shifts exactly the draws not marked unshifted
+    let marks: Vec<bool> = (0..10_000).map(|i| i % 3 == 0).collect();
+    let mixed = logit_normal_mixed(&mut Rng::new(1), &marks, 0.0, 1.0, 3.0);
+    for (i, &m) in mixed.iter().enumerate() {
+        assert_eq!(m, if marks[i] { times[i] } else { shifted[i] }, "draw {i}");
+    }
     assert_eq!(shift_time(0.5, 3.0), 0.75);
     assert!(diffusion::sampler("ddim")
         .err()

@@ -86,6 +86,7 @@ fn job<'a>(vae_dir: &'a Path, run: RunConfig) -> DitJob<'a> {
         vae_dir,
         cfg_dropout: 0.1,
         time_shift: 1.0,
+        time_mix: 0.0,
     }
 }
 
