@@ -8,7 +8,7 @@
 //! every step: a perf profile of `minisora train vae` had a quarter of its
 //! samples in the kernel's page-fault and page-clearing paths. Keeping the
 //! memory inside the process trained the autoencoder at 44.1 clips/s
-//! instead of 27.6 (steps 21-80, same losses to the bit).
+//! instead of 27.6 (steps 21-80, the same logged losses at every step).
 
 /// Largest mmap threshold glibc accepts on 64-bit targets (`HEAP_MAX_SIZE / 2`).
 const MMAP_THRESHOLD: i32 = 32 << 20;
