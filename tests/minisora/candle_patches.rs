@@ -10,69 +10,46 @@ fn values(n: usize) -> Vec<f32> {
     (0..n).map(|i| (i as f32 * 0.37).sin() * 4.0).collect()
 }
 
+/// The sum over `reduced` dims of a row-major tensor of shape `dims`, adding
+/// the values into each output in increasing flat index (upstream's order).
+fn sum_by_loop(v: &[f32], dims: &[usize], reduced: &[usize]) -> Vec<f32> {
+    let out_dims: Vec<usize> = (0..dims.len())
+        .map(|i| if reduced.contains(&i) { 1 } else { dims[i] })
+        .collect();
+    let mut out = vec![0.0f32; out_dims.iter().product()];
+    for (flat, &value) in v.iter().enumerate() {
+        let (mut rest, mut index, mut stride) = (flat, 0, 1);
+        for axis in (0..dims.len()).rev() {
+            let coord = rest % dims[axis];
+            rest /= dims[axis];
+            if !reduced.contains(&axis) {
+                index += coord * stride;
+            }
+            stride *= out_dims[axis];
+        }
+        out[index] += value;
+    }
+    out
+}
+
 #[test]
 fn sums_over_runs_of_dims_match_a_loop() {
-    let (a, b, c, d) = (3, 4, 5, 6);
-    let v = values(a * b * c * d);
-    let x = Tensor::from_vec(v.clone(), (a, b, c, d), &Device::Cpu).unwrap();
-    let at = |i: usize, j: usize, k: usize, l: usize| v[((i * b + j) * c + k) * d + l];
-    // leading run (0, 1): what a bias's gradient sums over
-    let got: Vec<f32> = x
-        .sum_keepdim((0, 1))
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    for k in 0..c {
-        for l in 0..d {
-            let mut want = 0.0f32;
-            for i in 0..a {
-                for j in 0..b {
-                    want += at(i, j, k, l);
-                }
-            }
-            assert_eq!(got[k * d + l], want, "(0, 1) at ({k}, {l})");
-        }
+    let dims = [3, 4, 5, 6];
+    let v = values(dims.iter().product());
+    let x = Tensor::from_vec(v.clone(), &dims, &Device::Cpu).unwrap();
+    // (0, 1): a leading run, what a bias's gradient sums over; (1, 2): a
+    // middle run, a sum over tokens inside each clip; (0, 2): not one run,
+    // so upstream's path
+    for reduced in [vec![0, 1], vec![1, 2], vec![0, 2]] {
+        let got: Vec<f32> = x
+            .sum_keepdim(reduced.clone())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(got, sum_by_loop(&v, &dims, &reduced), "dims {reduced:?}");
     }
-    // middle run (1, 2): a sum over tokens inside each clip
-    let got: Vec<f32> = x
-        .sum_keepdim((1, 2))
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    for i in 0..a {
-        for l in 0..d {
-            let mut want = 0.0f32;
-            for j in 0..b {
-                for k in 0..c {
-                    want += at(i, j, k, l);
-                }
-            }
-            assert_eq!(got[i * d + l], want, "(1, 2) at ({i}, {l})");
-        }
-    }
-    // dims that are not one run still take upstream's path
-    let got: Vec<f32> = x
-        .sum_keepdim((0, 2))
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let mut want = 0.0f32;
-    for i in 0..a {
-        for k in 0..c {
-            want += at(i, 1, k, 2);
-        }
-    }
-    assert!(
-        (got[d + 2] - want).abs() < 1e-4,
-        "(0, 2): {} against {want}",
-        got[d + 2]
-    );
 }
 
 #[test]
