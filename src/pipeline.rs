@@ -99,6 +99,22 @@ pub fn generate(
     }
     let c = options.canvas;
     let [lt, lh, lw] = vae.meta.vae.latent_size([c.frames, c.height, c.width])?;
+    // said in the user's units: a size must fill whole tokens, and a token
+    // spans compression x patch pixels (the default model: 16 frames, 4 x 4)
+    let (p, v) = (meta.dit.patch, &vae.meta.vae);
+    for (axis, n, latent, patch, factor) in [
+        ("--frames", c.frames, lt, p.t, v.ft),
+        ("--height", c.height, lh, p.h, v.fs),
+        ("--width", c.width, lw, p.w, v.fs),
+    ] {
+        if latent % patch != 0 {
+            let step = patch * factor;
+            crate::invalid!(
+                "{axis} {n} does not fit this model: its tokens span {step} along that axis, so use a multiple of {step} (e.g. {})",
+                (n / step).max(1) * step
+            );
+        }
+    }
     let tok = &meta.tokenizer;
     let ids = |v: Vec<u32>| Tensor::from_vec(v, (1, tok.max_len), device);
     let guided = Guided {

@@ -188,6 +188,19 @@ fn a_tiny_model_learns_one_caption_and_generates_it() {
             .to_string()
             .contains("height 18")
     );
+    // 20 rows compress to 5 latent rows: not whole 2-row patches, said in pixels
+    let bad = SampleOptions {
+        canvas: Canvas::new(4, 20, 16).unwrap(),
+        ..options.clone()
+    };
+    let err = generate(&model, &meta, &vae, caption.trim(), &bad, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("--height 20") && err.contains("multiple of 8"),
+        "{err}"
+    );
 }
 
 #[test]
