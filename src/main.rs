@@ -865,7 +865,7 @@ const DIT_TIME_MIX: f64 = 0.0;
 /// The shipped model's training lengths: chosen so that `train model` fits
 /// in 90 minutes on the 2-core machine, the autoencoder's stage in 30.
 const VAE_STEPS: u64 = 8400;
-const DIT_STEPS: u64 = 7600;
+const DIT_STEPS: u64 = 10000;
 
 fn train_vae(args: TrainVaeArgs) -> Result<()> {
     use minisora::train::{vae, RunConfig};

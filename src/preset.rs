@@ -79,10 +79,13 @@ pub fn preset(name: &str) -> Result<Preset> {
             "default",
             "the CPU model that ships in samples/",
             Canvas::DEFAULT,
-            // tubelets of 2 latent frames: 64 tokens for the default clip,
-            // half of 1x2x2's 128, so training sees twice the clips per second
+            // tokens as long as the default clip (8 latent frames) and one
+            // latent cell wide: 64 tokens, each a 4x4-pixel place over all
+            // 16 frames, so motion lies inside each token's own output
+            // (2x2x2 tubelets, also 64 tokens, made objects jump between
+            // groups of 4 frames: samples/model/card.md)
             DitConfig {
-                patch: PatchSize { t: 2, h: 2, w: 2 },
+                patch: PatchSize { t: 8, h: 1, w: 1 },
                 ..dit(192, 6, 6, 128)
             },
         ),

@@ -253,22 +253,23 @@ mod tests {
         let p = preset("default").unwrap();
         let i = inspect([16, 32, 32], &p, None, None, Remainder::Pad).unwrap();
         assert_eq!(i.latent, [8, 8, 8]);
-        assert_eq!(i.grid, [4, 4, 4]);
+        assert_eq!(i.grid, [1, 8, 8]);
         assert_eq!(i.tokens, 64);
-        assert_eq!(i.footprint, [4, 8, 8]);
+        assert_eq!(i.footprint, [16, 4, 4]);
         assert_eq!(i.padded_tokens, 0);
         assert_eq!(i.token_dim, 128);
     }
 
     #[test]
     fn odd_sizes_pad_or_are_refused_by_axis() {
-        let p = preset("default").unwrap();
-        let i = inspect([15, 30, 33], &p, None, None, Remainder::Pad).unwrap();
+        // 2x2x2 tubelets: a token of 4 frames x 8 x 8 pixels
+        let (p, tubelet) = (preset("default").unwrap(), PatchSize::new(2, 2, 2).ok());
+        let i = inspect([15, 30, 33], &p, None, tubelet, Remainder::Pad).unwrap();
         assert_eq!(i.latent, [8, 8, 9]);
         assert_eq!(i.grid, [4, 4, 5]);
         // whole tokens: 15/4=3, 30/8=3, 33/8=4
         assert_eq!(i.padded_tokens, 80 - 3 * 3 * 4);
-        let err = inspect([16, 30, 32], &p, None, None, Remainder::Reject)
+        let err = inspect([16, 30, 32], &p, None, tubelet, Remainder::Reject)
             .unwrap_err()
             .to_string();
         assert!(

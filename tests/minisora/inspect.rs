@@ -54,7 +54,7 @@ fn token_counts_follow_compression_and_patches_for_many_shapes() {
     let cases: &[Case] = &[
         (16, 32, 32, None, None),
         (16, 32, 64, None, None),
-        (8, 96, 40, None, None),
+        (8, 96, 40, Some("2,2,2"), None),
         (15, 33, 27, None, None),
         (32, 24, 24, Some("2,2,2"), Some("1,4,4")),
         (9, 20, 52, Some("1,1,1"), Some("3,2,2")),
@@ -129,14 +129,14 @@ fn a_real_mp4_is_inspected_at_its_size_and_drawn() {
     assert_eq!(arr(&v["input"]), [16, 48, 64]);
     assert_eq!(
         v["tokens"].as_u64().unwrap() as usize,
-        expected_tokens([16, 48, 64], [2, 4, 4], [2, 2, 2])
+        expected_tokens([16, 48, 64], [2, 4, 4], [8, 1, 1])
     );
     let (ok, table) = inspect(&["clip.mp4", "-o", "tokens.png"], dir.path());
     assert!(ok, "{table}");
     for needle in [
         "input",
         "latent 8 x 12 x 16",
-        "grid 4 x 6 x 8",
+        "grid 1 x 12 x 16",
         "192 video tokens",
         "parameters",
         "attention",
