@@ -25,7 +25,7 @@ fn the_pytorch_peer_reproduces_a_denoising_step() {
         );
         return;
     };
-    // two presets' shapes, the default's 2x2x2 tubelets and the tiny one's;
+    // two presets' shapes, the default's tokens (8x1x1 latent cells) and the tiny one's;
     // the script exits 1 on a parity miss and 2 on any other failure
     let out = Command::new(&python)
         .arg(repo.join("benches/peer/parity_and_speed.py"))
