@@ -26,8 +26,9 @@ use crate::{invalid, Result};
 /// A latent grid of `tokens` patch positions, as close to a cube as the
 /// factors of `tokens` allow (time gets the smallest factor).
 pub fn grid_for_tokens(tokens: usize) -> Result<[usize; 3]> {
-    if tokens == 0 {
-        invalid!("--tokens must be at least 1");
+    const MAX_TOKENS: usize = 1 << 24;
+    if tokens == 0 || tokens > MAX_TOKENS {
+        invalid!("--tokens must be from 1 to {MAX_TOKENS}, got {tokens}");
     }
     let divisors = |n: usize| (1..=n).filter(move |d| n % d == 0);
     let cube = (tokens as f64).cbrt();

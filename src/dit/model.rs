@@ -147,9 +147,9 @@ pub struct Dit {
 impl Dit {
     pub fn new(config: &DitConfig, vb: VarBuilder) -> Result<Self> {
         let (d, p, e) = (config.hidden, config.token_dim(), config.context_dim);
-        if d % config.heads != 0 || (d / config.heads) % 2 != 0 {
+        if config.heads == 0 || d == 0 || d % config.heads != 0 || (d / config.heads) % 2 != 0 {
             invalid!(
-                "width {d} must split into {} heads of an even size",
+                "width {d} must split into {} heads of an even size (both at least 1)",
                 config.heads
             );
         }

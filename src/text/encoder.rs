@@ -82,6 +82,15 @@ pub struct TextEncoder {
 impl TextEncoder {
     pub fn new(config: &TextConfig, vb: VarBuilder) -> Result<Self> {
         let d = config.width;
+        if config.heads == 0 || d == 0 || d % config.heads != 0 {
+            crate::invalid!(
+                "the text encoder's width {d} must split into {} heads (both at least 1)",
+                config.heads
+            );
+        }
+        if config.max_len == 0 {
+            crate::invalid!("the text encoder must read at least 1 token");
+        }
         Ok(Self {
             config: config.clone(),
             words: candle_nn::embedding(config.vocab_size, d, vb.pp("words"))?,

@@ -38,6 +38,21 @@ impl Tokenizer {
         }
     }
 
+    /// Checks a vocabulary read from a file: the special tokens first, at
+    /// least one word, and room for at least one token per caption.
+    pub fn validate(&self) -> Result<()> {
+        if self.words.len() <= SPECIAL.len() || self.words[..SPECIAL.len()] != SPECIAL {
+            invalid!(
+                "the tokenizer's vocabulary must start with {} and hold at least one word",
+                SPECIAL.join(", ")
+            );
+        }
+        if self.max_len == 0 {
+            invalid!("the tokenizer must read at least 1 token per caption");
+        }
+        Ok(())
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.words.len()
     }
@@ -114,5 +129,23 @@ mod tests {
             .to_string()
             .contains("at most 8"));
         assert_eq!(t.null()[0], NULL_ID);
+    }
+
+    #[test]
+    fn a_damaged_vocabulary_is_refused() {
+        let good = Tokenizer::from_captions(["a red circle"], 4);
+        good.validate().unwrap();
+        let empty = Tokenizer::from_captions([""], 4);
+        let no_specials = Tokenizer {
+            words: vec!["a".into(), "red".into(), "circle".into()],
+            max_len: 4,
+        };
+        let no_room = Tokenizer {
+            max_len: 0,
+            ..good.clone()
+        };
+        for bad in [empty, no_specials, no_room] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
     }
 }

@@ -144,6 +144,21 @@ pub fn load(dir: &Path, device: &Device) -> Result<(DitMeta, TextToVideo, VaeChe
             meta.contract
         );
     }
+    meta.tokenizer
+        .validate()
+        .map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
+    if meta.tokenizer.max_len != meta.text.max_len
+        || meta.tokenizer.vocab_size() != meta.text.vocab_size
+    {
+        invalid!(
+            "{}: the tokenizer ({} words, {} tokens a caption) does not match the text encoder ({} words, {} tokens)",
+            dir.display(),
+            meta.tokenizer.vocab_size(),
+            meta.tokenizer.max_len,
+            meta.text.vocab_size,
+            meta.text.max_len
+        );
+    }
     let model = TextToVideo::new(&meta.dit, &meta.text, device)?;
     let weights = dir.join("model.safetensors");
     checkpoint::load_into(&model.varmap, &read_tensors(&weights, device)?, &weights)?;
@@ -223,6 +238,7 @@ pub fn train(
             Tokenizer::from_captions(clips.iter().map(|c| c.caption.as_str()), job.text.max_len)
         }
     };
+    tokenizer.validate()?;
     let text_cfg = TextConfig {
         vocab_size: tokenizer.vocab_size(),
         ..job.text.clone()

@@ -44,6 +44,18 @@ fn pad_even(frames: &ArrayView4<u8>) -> Option<Frames> {
     })
 }
 
+/// ffmpeg-next hands paths to FFmpeg as UTF-8 C strings and panics on any
+/// other: refuse them here, with the path, instead.
+fn utf8_path(path: &Path) -> Result<()> {
+    match path.to_str() {
+        Some(s) if !s.contains('\0') => Ok(()),
+        _ => Err(Error::video(
+            path,
+            "FFmpeg is given paths as UTF-8 text and this one is not: rename the file or its folder",
+        )),
+    }
+}
+
 /// Encodes `(T, H, W, 3)` as H.264 yuv420p in mp4 at `fps`. Odd sizes are
 /// padded to even by repeating the last row or column.
 pub(super) fn write_mp4(path: &Path, frames: &ArrayView4<u8>, fps: f64) -> Result<()> {
@@ -59,6 +71,7 @@ pub(super) fn write_mp4(path: &Path, frames: &ArrayView4<u8>, fps: f64) -> Resul
                 "this FFmpeg has no H.264 encoder (install libavcodec with libx264)",
             )
         })?;
+    utf8_path(path)?;
     let mut octx = ff::format::output_as(path, "mp4")
         .map_err(|e| err(path, "cannot create the mp4 file", e))?;
     let global_header = octx
@@ -160,6 +173,7 @@ pub(super) fn write_mp4(path: &Path, frames: &ArrayView4<u8>, fps: f64) -> Resul
 /// `(T, H, W, 3)`, optionally resized to `(height, width)`.
 pub(super) fn read(path: &Path, size: Option<(usize, usize)>) -> Result<Frames> {
     init();
+    utf8_path(path)?;
     let mut ictx =
         ff::format::input(path).map_err(|e| err(path, "not a video FFmpeg can read", e))?;
     let stream = ictx

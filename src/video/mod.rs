@@ -98,6 +98,23 @@ fn check_frames(frames: &ArrayView4<u8>) -> Result<()> {
     Ok(())
 }
 
+/// Most pixels an upscaled clip may hold (about 800 MB of RGB).
+const MAX_SCALED_PIXELS: usize = 1 << 28;
+
+/// Checks that `frames` of shape `(T, H, W, _)` may be upscaled `k` times:
+/// `k` from 1 to 64 and at most [`MAX_SCALED_PIXELS`] pixels in the result.
+pub fn check_scale((t, h, w, _): (usize, usize, usize, usize), k: usize) -> Result<()> {
+    if k == 0 || k > 64 {
+        invalid!("scale must be an integer from 1 to 64, got {k}");
+    }
+    match t.checked_mul(h * k).and_then(|n| n.checked_mul(w * k)) {
+        Some(n) if n <= MAX_SCALED_PIXELS => Ok(()),
+        _ => invalid!(
+            "{t} frames of {h}x{w} scaled {k} times would be too large (at most {MAX_SCALED_PIXELS} pixels in all): lower the scale"
+        ),
+    }
+}
+
 /// Nearest-neighbour upscale by an integer factor: `(T, H, W, 3) -> (T, kH, kW, 3)`.
 pub fn upscale(frames: &ArrayView4<u8>, k: usize) -> Frames {
     let (t, h, w, c) = frames.dim();
@@ -113,12 +130,7 @@ pub fn write(path: &Path, frames: &ArrayView4<u8>, options: &WriteOptions) -> Re
     if !(options.fps.is_finite() && options.fps > 0.0 && options.fps <= 1000.0) {
         invalid!("fps must be in (0, 1000], got {}", options.fps);
     }
-    if options.scale == 0 || options.scale > 64 {
-        invalid!(
-            "scale must be an integer from 1 to 64, got {}",
-            options.scale
-        );
-    }
+    check_scale(frames.dim(), options.scale)?;
     let format = Format::for_output(path)?;
     let scaled;
     let frames = if options.scale > 1 {

@@ -11,6 +11,17 @@ fn minisora(args: &[&str], cwd: &Path) -> Output {
         .unwrap()
 }
 
+/// Runs minisora in `cwd` and checks that it fails with a message holding
+/// `needle`, and without a panic.
+fn assert_refused(args: &[&str], needle: &str, cwd: &Path) {
+    let o = minisora(args, cwd);
+    assert!(
+        !o.status.success() && text(&o).contains(needle) && !text(&o).contains("panicked"),
+        "{args:?}: {}",
+        text(&o)
+    );
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -478,12 +489,7 @@ fn train_dit_then_generate_end_to_end() {
         ),
     ];
     for (args, needle) in cases {
-        let o = minisora(args, d);
-        assert!(
-            !o.status.success() && text(&o).contains(needle) && !text(&o).contains("panicked"),
-            "{args:?}: {}",
-            text(&o)
-        );
+        assert_refused(args, needle, d);
     }
 
     // the preset's patch, width, depth and heads can be overridden; the
@@ -534,12 +540,90 @@ fn train_dit_then_generate_end_to_end() {
         &size,
     ]
     .concat();
-    let o = minisora(&bad, d);
-    assert!(
-        !o.status.success() && text(&o).contains("heads") && !text(&o).contains("panicked"),
-        "{}",
-        text(&o)
-    );
+    assert_refused(&bad, "heads", d);
+    let zero_heads = [
+        &train[..train.len() - size.len() - 1],
+        &["bad", "--heads", "0"],
+        &size,
+    ]
+    .concat();
+    assert_refused(&zero_heads, "heads", d);
+
+    // a checkpoint whose vocabulary was damaged, an eval with nothing to
+    // score and an inspect picture too large to hold are clear errors too
+    let broken = d.join("broken");
+    std::fs::create_dir_all(broken.join("vae")).unwrap();
+    for name in [
+        "model.safetensors",
+        "vae/config.json",
+        "vae/model.safetensors",
+    ] {
+        std::fs::copy(d.join("dit/checkpoint").join(name), broken.join(name)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("dit/checkpoint/config.json")).unwrap())
+            .unwrap();
+    config["tokenizer"]["words"] = serde_json::json!([]);
+    std::fs::write(broken.join("config.json"), config.to_string()).unwrap();
+    std::fs::write(d.join("none.txt"), "# nothing here\n\n").unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "generate",
+                "a red circle",
+                "--checkpoint",
+                "broken",
+                "-o",
+                "x.gif",
+            ],
+            "vocabulary",
+        ),
+        (
+            &[
+                "eval",
+                "--checkpoint",
+                "dit/checkpoint",
+                "--prompts",
+                "none.txt",
+            ],
+            "holds no prompts",
+        ),
+        (
+            &["eval", "--checkpoint", "dit/checkpoint", "--count", "0"],
+            "--count",
+        ),
+        (
+            &[
+                "inspect",
+                "--prompt",
+                "a red circle growing",
+                "-o",
+                "i.png",
+                "--scale",
+                "0",
+            ],
+            "scale",
+        ),
+        (
+            &[
+                "inspect",
+                "--prompt",
+                "a red circle growing",
+                "-o",
+                "i.png",
+                "--scale",
+                "64",
+                "--height",
+                "128",
+                "--width",
+                "128",
+            ],
+            "too large",
+        ),
+    ];
+    for (args, needle) in cases {
+        assert_refused(args, needle, d);
+    }
 }
 
 #[test]

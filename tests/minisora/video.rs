@@ -226,6 +226,40 @@ fn bad_inputs_are_errors_not_panics() {
     assert!(video::read(&d.join("good.mp4"), &ReadOptions { size: Some((0, 4)) }).is_err());
 }
 
+/// FFmpeg takes paths as UTF-8 text (ffmpeg-next panics on any other): a
+/// file or folder named in another encoding is an error naming the problem.
+#[cfg(unix)]
+#[test]
+fn paths_ffmpeg_cannot_take_are_errors_not_panics() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let latin1 = dir.path().join(OsStr::from_bytes(b"caf\xe9"));
+    fs::create_dir(&latin1).unwrap();
+    let frames = clip(8, 32, 32);
+    video::write(&dir.path().join("good.mp4"), &frames.view(), &opts(8.0, 1)).unwrap();
+    fs::copy(dir.path().join("good.mp4"), latin1.join("clip.mp4")).unwrap();
+    let err = video::read(&latin1.join("clip.mp4"), &ReadOptions::default())
+        .expect_err("a Latin-1 folder")
+        .to_string();
+    assert!(err.contains("UTF-8"), "{err}");
+    let err = video::write(&latin1.join("out.mp4"), &frames.view(), &opts(8.0, 1))
+        .expect_err("a Latin-1 folder")
+        .to_string();
+    assert!(err.contains("UTF-8"), "{err}");
+    // scales outside 1..=64, or too large a result, are refused before any work
+    for scale in [0, 65] {
+        assert!(
+            video::write(&dir.path().join("s.gif"), &frames.view(), &opts(8.0, scale)).is_err()
+        );
+    }
+    let err = video::check_scale((16, 1024, 1024, 3), 64)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("too large"), "{err}");
+    video::check_scale((16, 32, 32, 3), 8).unwrap();
+}
+
 #[test]
 fn unwritable_outputs_are_errors_and_leave_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
