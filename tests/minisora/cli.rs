@@ -416,6 +416,24 @@ fn train_dit_then_generate_end_to_end() {
     let o = minisora(&many, d);
     assert!(o.status.success(), "{}", text(&o));
     assert!(d.join("many/000.gif").exists() && d.join("many/001.gif").exists());
+    // a checkpoint whose vocabulary was damaged, an eval with nothing to
+    // score and an inspect picture too large to hold are clear errors too
+    let broken = d.join("broken");
+    std::fs::create_dir_all(broken.join("vae")).unwrap();
+    for name in [
+        "model.safetensors",
+        "vae/config.json",
+        "vae/model.safetensors",
+    ] {
+        std::fs::copy(d.join("dit/checkpoint").join(name), broken.join(name)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("dit/checkpoint/config.json")).unwrap())
+            .unwrap();
+    config["tokenizer"]["words"] = serde_json::json!([]);
+    std::fs::write(broken.join("config.json"), config.to_string()).unwrap();
+    std::fs::write(d.join("none.txt"), "# nothing here\n\n").unwrap();
+    let picture = ["inspect", "--prompt", "a red circle growing", "-o", "i.png"];
     let cases: &[(&[&str], &str)] = &[
         (
             &[
@@ -487,6 +505,40 @@ fn train_dit_then_generate_end_to_end() {
             ],
             "empty",
         ),
+        (
+            &[
+                "generate",
+                "a red circle",
+                "--checkpoint",
+                "broken",
+                "-o",
+                "x.gif",
+            ],
+            "vocabulary",
+        ),
+        (
+            &[
+                "eval",
+                "--checkpoint",
+                "dit/checkpoint",
+                "--prompts",
+                "none.txt",
+            ],
+            "holds no prompts",
+        ),
+        (
+            &["eval", "--checkpoint", "dit/checkpoint", "--count", "0"],
+            "--count",
+        ),
+        (&[&picture[..], &["--scale", "0"]].concat(), "scale"),
+        (
+            &[
+                &picture[..],
+                &["--scale", "64", "--height", "128", "--width", "128"],
+            ]
+            .concat(),
+            "too large",
+        ),
     ];
     for (args, needle) in cases {
         assert_refused(args, needle, d);
@@ -548,82 +600,6 @@ fn train_dit_then_generate_end_to_end() {
     ]
     .concat();
     assert_refused(&zero_heads, "heads", d);
-
-    // a checkpoint whose vocabulary was damaged, an eval with nothing to
-    // score and an inspect picture too large to hold are clear errors too
-    let broken = d.join("broken");
-    std::fs::create_dir_all(broken.join("vae")).unwrap();
-    for name in [
-        "model.safetensors",
-        "vae/config.json",
-        "vae/model.safetensors",
-    ] {
-        std::fs::copy(d.join("dit/checkpoint").join(name), broken.join(name)).unwrap();
-    }
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(d.join("dit/checkpoint/config.json")).unwrap())
-            .unwrap();
-    config["tokenizer"]["words"] = serde_json::json!([]);
-    std::fs::write(broken.join("config.json"), config.to_string()).unwrap();
-    std::fs::write(d.join("none.txt"), "# nothing here\n\n").unwrap();
-    let cases: &[(&[&str], &str)] = &[
-        (
-            &[
-                "generate",
-                "a red circle",
-                "--checkpoint",
-                "broken",
-                "-o",
-                "x.gif",
-            ],
-            "vocabulary",
-        ),
-        (
-            &[
-                "eval",
-                "--checkpoint",
-                "dit/checkpoint",
-                "--prompts",
-                "none.txt",
-            ],
-            "holds no prompts",
-        ),
-        (
-            &["eval", "--checkpoint", "dit/checkpoint", "--count", "0"],
-            "--count",
-        ),
-        (
-            &[
-                "inspect",
-                "--prompt",
-                "a red circle growing",
-                "-o",
-                "i.png",
-                "--scale",
-                "0",
-            ],
-            "scale",
-        ),
-        (
-            &[
-                "inspect",
-                "--prompt",
-                "a red circle growing",
-                "-o",
-                "i.png",
-                "--scale",
-                "64",
-                "--height",
-                "128",
-                "--width",
-                "128",
-            ],
-            "too large",
-        ),
-    ];
-    for (args, needle) in cases {
-        assert_refused(args, needle, d);
-    }
 }
 
 #[test]
