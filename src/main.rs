@@ -109,6 +109,12 @@ struct EvalArgs {
     /// Score these prompts (one per line) instead
     #[arg(long)]
     prompts: Option<PathBuf>,
+    /// A diagnostic: run only the last STRENGTH share of the steps, in
+    /// (0, 1], starting from each prompt's own Shapes World render noised to
+    /// that step's time instead of from pure noise (as generate --init does);
+    /// shows at which noise levels the model loses an attribute
+    #[arg(long, value_name = "STRENGTH")]
+    renoise: Option<f64>,
     #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
@@ -204,6 +210,15 @@ struct GenerateArgs {
     /// Also write the data prediction after each step as a contact sheet (OUTPUT stem + .steps.png)
     #[arg(long)]
     show_steps: bool,
+    /// Edit this clip instead of starting from noise (SDEdit, the Sora
+    /// report's video-to-video editing): its first --frames frames, resized
+    /// to --height x --width, are encoded, noised, and redrawn to the prompt
+    #[arg(long, value_name = "VIDEO")]
+    init: Option<PathBuf>,
+    /// With --init: the share of the steps run, in (0, 1]; low keeps the
+    /// clip's layout and redraws its detail, 1 ignores the clip
+    #[arg(long, default_value_t = 0.6, requires = "init")]
+    strength: f64,
     /// Output file (.mp4, .gif, .png, dir/), or a folder with --prompts
     #[arg(short, long)]
     output: PathBuf,
@@ -362,6 +377,10 @@ struct BenchExportArgs {
     /// Clips
     #[arg(long, default_value_t = 2)]
     batch: usize,
+    /// Mix each block's MLP input over neighbouring tokens, instead of the
+    /// preset's choice (see train dit --local-mix)
+    #[arg(long, value_name = "true|false")]
+    local_mix: Option<bool>,
     /// Folder to write
     #[arg(long)]
     out: PathBuf,
@@ -427,6 +446,10 @@ struct TrainModelArgs {
     /// DiT peak learning rate
     #[arg(long, default_value_t = DIT_LR)]
     dit_lr: f64,
+    /// Mix the DiT's MLP inputs over neighbouring tokens, instead of the
+    /// preset's choice (see train dit --local-mix)
+    #[arg(long, value_name = "true|false")]
+    dit_local_mix: Option<bool>,
     /// Seed of both stages' data order, initial weights and noise
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -460,6 +483,10 @@ struct TrainDitArgs {
     /// Attention heads, instead of the preset's
     #[arg(long)]
     heads: Option<usize>,
+    /// Mix each block's MLP input over neighbouring tokens (a 3x3 depthwise
+    /// convolution; see DitConfig::local_mix), instead of the preset's choice
+    #[arg(long, value_name = "true|false")]
+    local_mix: Option<bool>,
     /// Training clips: "shapes" (rendered on the fly) or a clip folder
     #[arg(long, default_value = "shapes")]
     data: String,
@@ -664,6 +691,11 @@ struct VaeEvalArgs {
     /// Score a clip folder instead of held-out Shapes World clips
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Add Gaussian noise of this standard deviation to each latent (in the
+    /// normalised units the DiT works in) before decoding: how far a
+    /// generated latent may stray before the decoder's clip goes wrong
+    #[arg(long, default_value_t = 0.0, value_name = "SIGMA")]
+    latent_noise: f64,
     /// Print JSON
     #[arg(long)]
     json: bool,
@@ -922,6 +954,7 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
         hidden: args.hidden.unwrap_or(preset.dit.hidden),
         depth: args.depth.unwrap_or(preset.dit.depth),
         heads: args.heads.unwrap_or(preset.dit.heads),
+        local_mix: args.local_mix.unwrap_or(preset.dit.local_mix),
         ..preset.dit.clone()
     };
     let text = minisora::text::TextConfig::for_dit(&dit);
@@ -995,7 +1028,11 @@ fn bench(args: BenchArgs) -> Result<()> {
             }
             let preset = minisora::preset::preset(&a.preset)?;
             let grid = minisora::bench::grid_for_tokens(a.tokens)?;
-            minisora::bench::export(&preset.dit, grid, a.batch, &a.out)?;
+            let dit = minisora::dit::DitConfig {
+                local_mix: a.local_mix.unwrap_or(preset.dit.local_mix),
+                ..preset.dit.clone()
+            };
+            minisora::bench::export(&dit, grid, a.batch, &a.out)?;
             println!(
                 "wrote {}: preset {}, grid {grid:?}, batch {}",
                 a.out.display(),
@@ -1324,7 +1361,10 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
             VAE_EMA,
         ),
         text: minisora::text::TextConfig::for_dit(&preset.dit),
-        dit: preset.dit.clone(),
+        dit: minisora::dit::DitConfig {
+            local_mix: args.dit_local_mix.unwrap_or(preset.dit.local_mix),
+            ..preset.dit.clone()
+        },
         dit_run: run(
             args.dit_steps,
             args.dit_batch,
@@ -1412,10 +1452,45 @@ fn generate(args: GenerateArgs) -> Result<()> {
         }
         (None, None) => bail!("give a prompt or --prompts FILE"),
     };
+    let init = match &args.init {
+        Some(path) => {
+            check_strength("--strength", args.strength)?;
+            let frames = video::read(
+                path,
+                &video::ReadOptions {
+                    size: Some((canvas.height, canvas.width)),
+                },
+            )?;
+            if frames.dim().0 < canvas.frames {
+                bail!(
+                    "{} has {} frames; --init needs at least --frames {}",
+                    path.display(),
+                    frames.dim().0,
+                    canvas.frames
+                );
+            }
+            let frames = frames
+                .slice(ndarray::s![..canvas.frames, .., .., ..])
+                .to_owned();
+            Some(pipeline::Init {
+                latent: pipeline::encode(&vae, &frames, &device)?,
+                strength: args.strength,
+            })
+        }
+        None => None,
+    };
     let bar = progress_bar(jobs.len() as u64, 0)?;
     for (prompt, out) in &jobs {
-        let g = pipeline::generate(&model, &meta, &vae, prompt, &options, &device)
-            .with_context(|| format!("prompt \"{prompt}\""))?;
+        let g = pipeline::generate_from(
+            &model,
+            &meta,
+            &vae,
+            prompt,
+            &options,
+            init.as_ref(),
+            &device,
+        )
+        .with_context(|| format!("prompt \"{prompt}\""))?;
         video::write(out, &g.frames.view(), &write)?;
         if args.show_steps {
             // one row per step: the middle frame of each step's data prediction
@@ -1446,6 +1521,14 @@ fn generate(args: GenerateArgs) -> Result<()> {
         }
     }
     bar.finish_and_clear();
+    Ok(())
+}
+
+/// An SDEdit strength is a share of the steps: in (0, 1].
+fn check_strength(flag: &str, strength: f64) -> Result<()> {
+    if !(strength > 0.0 && strength <= 1.0) {
+        bail!("{flag} must be in (0, 1] (the share of the steps run), got {strength}");
+    }
     Ok(())
 }
 
@@ -1489,6 +1572,9 @@ fn eval(args: EvalArgs) -> Result<()> {
             file.display()
         );
     }
+    if let Some(r) = args.renoise {
+        check_strength("--renoise", r)?;
+    }
     let options = args.sampling.options(0, args.clip.canvas()?);
     let bar = progress_bar(prompts.len() as u64, 0)?;
     let report = minisora::eval::evaluate(
@@ -1497,6 +1583,7 @@ fn eval(args: EvalArgs) -> Result<()> {
         &vae,
         &prompts,
         &options,
+        args.renoise,
         &device,
         // one GPU: prompts one after another; the CPU: one a core
         if device.is_cpu() {
@@ -1521,8 +1608,25 @@ fn eval(args: EvalArgs) -> Result<()> {
         args.sampling.cfg,
         args.sampling.shift.unwrap_or(meta.time_shift)
     );
+    if let Some(r) = args.renoise {
+        let shift = args.sampling.shift.unwrap_or(meta.time_shift);
+        println!(
+            "start        each prompt's own render noised to t = {:.3} (--renoise {r}: the last {} steps)",
+            minisora::pipeline::init_time(args.sampling.steps, shift, r),
+            minisora::pipeline::init_steps(args.sampling.steps, r)
+        );
+    }
     println!("colour       {}", pct(report.colour));
-    println!("shape        {}", pct(report.shape));
+    let by_kind: Vec<String> = report
+        .shape_by_kind
+        .iter()
+        .map(|(shape, v)| format!("{shape} {}", pct(*v)))
+        .collect();
+    println!(
+        "shape        {} ({})",
+        pct(report.shape),
+        by_kind.join(", ")
+    );
     println!("size         {}", pct(report.size));
     println!("motion       {}", pct(report.motion));
     for (label, v) in [
@@ -1581,8 +1685,28 @@ fn reconstruct(
     Ok(video::tensor_to_frames(&ckpt.vae.reconstruct(&x)?)?)
 }
 
+/// `frames` through the encoder's mean, plus `sigma` of Gaussian noise in
+/// normalised latent units, through the decoder.
+fn reconstruct_noisy(
+    ckpt: &minisora::train::vae::VaeCheckpoint,
+    frames: &video::Frames,
+    sigma: f64,
+    rng: &mut minisora::rng::Rng,
+    device: &Device,
+) -> Result<video::Frames> {
+    let z = minisora::pipeline::encode(ckpt, frames, device)?;
+    let noise = minisora::train::randn(rng, z.dims(), device)?;
+    Ok(minisora::pipeline::decode(ckpt, &(z + (noise * sigma)?)?)?)
+}
+
 fn vae_eval(args: VaeEvalArgs) -> Result<()> {
     use minisora::train::{DataSource, HELD_OUT};
+    if !(args.latent_noise >= 0.0 && args.latent_noise.is_finite()) {
+        bail!(
+            "--latent-noise must be a finite number >= 0, got {}",
+            args.latent_noise
+        );
+    }
     let ckpt_dir = args.checkpoint.unwrap_or_else(|| shipped("vae"));
     let (device, dtype) = args.device.device_dtype()?;
     let ckpt = minisora::train::vae::load(&ckpt_dir, &device)?.for_inference(dtype)?;
@@ -1628,7 +1752,12 @@ fn vae_eval(args: VaeEvalArgs) -> Result<()> {
             }
             DataSource::Shapes { .. } => source.clip(HELD_OUT + i as u64)?,
         };
-        let recon = reconstruct(&ckpt, &frames, &device, dtype)?;
+        let recon = if args.latent_noise > 0.0 {
+            let mut rng = minisora::rng::Rng::derive(run.seed, HELD_OUT + i as u64);
+            reconstruct_noisy(&ckpt, &frames, args.latent_noise, &mut rng, &device)?
+        } else {
+            reconstruct(&ckpt, &frames, &device, dtype)?
+        };
         stats.add(&frames, &recon);
         if matches!(source, DataSource::Shapes { .. }) {
             let scene = Scene::parse(&caption)?;
@@ -1646,10 +1775,13 @@ fn vae_eval(args: VaeEvalArgs) -> Result<()> {
             recon: minisora::vae::eval::ReconReport,
             /// the detector of `minisora eval` on the reconstructions
             detector_on_reconstructions: Option<minisora::eval::AdherenceReport>,
+            /// `--latent-noise`
+            latent_noise: f64,
         }
         let report = Report {
             recon: report,
             detector_on_reconstructions: detector,
+            latent_noise: args.latent_noise,
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -1663,6 +1795,12 @@ fn vae_eval(args: VaeEvalArgs) -> Result<()> {
             None => "held-out Shapes World clips (never used in training)".into(),
         };
         println!("clips        {} {what}", report.clips);
+        if args.latent_noise > 0.0 {
+            println!(
+                "latent noise {} (standard deviation, normalised latent units) added before decoding",
+                args.latent_noise
+            );
+        }
         println!(
             "PSNR         {:.2} dB (all pixels), {:.2} dB mean per clip",
             report.psnr, report.psnr_mean_per_clip

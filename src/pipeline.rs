@@ -13,7 +13,7 @@ use crate::rng::Rng;
 use crate::train::dit::{DitMeta, TextToVideo};
 use crate::train::randn;
 use crate::train::vae::VaeCheckpoint;
-use crate::video::{tensor_to_frames, Frames};
+use crate::video::{frames_to_tensor, tensor_to_frames, Frames};
 use crate::Result;
 
 /// How to sample one clip.
@@ -84,6 +84,42 @@ pub fn decode(vae: &VaeCheckpoint, z: &Tensor) -> Result<Frames> {
     tensor_to_frames(&vae.vae.decode(&latent)?.clamp(-1.0, 1.0)?)
 }
 
+/// Encodes frames `(T, H, W, 3)` to the normalised latent `(1, C, T', H',
+/// W')` the DiT works in (the encoder's mean): the inverse of [`decode`].
+pub fn encode(vae: &VaeCheckpoint, frames: &Frames, device: &Device) -> Result<Tensor> {
+    let x = frames_to_tensor(&frames.view(), device)?.to_dtype(vae.dtype()?)?;
+    let z = vae.vae.encode(&x)?.mean.to_dtype(DType::F32)?;
+    let (scale, shift) = (vae.meta.scale_factor, vae.meta.latent_mean);
+    Ok(z.affine(scale, -shift * scale)?)
+}
+
+/// A clip to start from instead of pure noise (SDEdit, Meng et al. 2022; the
+/// Sora report's video-to-video editing): only the last `strength` share of
+/// the sampling steps is run, from the clip's latent noised to the time the
+/// first of them starts at ([`init_time`]); so 1 ignores the clip, and small
+/// values keep its layout and redraw its detail.
+#[derive(Clone, Debug)]
+pub struct Init {
+    /// Normalised latent `(1, C, T', H', W')`, from [`encode`].
+    pub latent: Tensor,
+    /// In `(0, 1]`: the share of the sampling schedule that is run.
+    pub strength: f64,
+}
+
+/// How many of `steps` steps an [`Init`] of `strength` runs: the last
+/// `strength` of them, at least one.
+pub fn init_steps(steps: usize, strength: f64) -> usize {
+    ((strength * steps as f64).round() as usize)
+        .max(1)
+        .min(steps)
+}
+
+/// The time an [`Init`] of `strength` is noised to, with `steps` steps
+/// spaced by `shift`.
+pub fn init_time(steps: usize, shift: f64, strength: f64) -> f64 {
+    timesteps(steps, shift)[steps - init_steps(steps, strength)]
+}
+
 /// Generates one clip of `prompt`.
 pub fn generate(
     model: &TextToVideo,
@@ -91,6 +127,19 @@ pub fn generate(
     vae: &VaeCheckpoint,
     prompt: &str,
     options: &SampleOptions,
+    device: &Device,
+) -> Result<Generated> {
+    generate_from(model, meta, vae, prompt, options, None, device)
+}
+
+/// Generates one clip of `prompt`, from `init` when given (see [`Init`]).
+pub fn generate_from(
+    model: &TextToVideo,
+    meta: &DitMeta,
+    vae: &VaeCheckpoint,
+    prompt: &str,
+    options: &SampleOptions,
+    init: Option<&Init>,
     device: &Device,
 ) -> Result<Generated> {
     let sampler = sampler(&options.sampler)?;
@@ -135,7 +184,25 @@ pub fn generate(
     if !(shift.is_finite() && shift > 0.0) {
         crate::invalid!("--shift must be a positive number, got {shift}");
     }
-    for w in timesteps(options.steps, shift).windows(2) {
+    let times = timesteps(options.steps, shift);
+    let mut first = 0;
+    if let Some(init) = init {
+        let s = init.strength;
+        if !(s > 0.0 && s <= 1.0) {
+            crate::invalid!("the strength must be in (0, 1], got {s}");
+        }
+        if init.latent.dims() != x.dims() {
+            crate::invalid!(
+                "the starting clip's latent is {:?}, this clip's is {:?}: give a clip of the same frames, height and width",
+                init.latent.dims(),
+                x.dims()
+            );
+        }
+        first = options.steps - init_steps(options.steps, s);
+        let t0 = times[first];
+        x = ((init.latent.to_dtype(DType::F32)? * (1.0 - t0))? + (x * t0)?)?;
+    }
+    for w in times[first..].windows(2) {
         x = sampler.step(&guided, &x, w[0], w[1], &mut state)?;
         if let Some(p) = guided.last_prediction.borrow().as_ref() {
             predictions.push(p.clone());

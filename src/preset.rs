@@ -64,6 +64,7 @@ fn dit(hidden: usize, depth: usize, heads: usize, context_dim: usize) -> DitConf
         context_len: 16,
         freq_dim: 256,
         pos_embed: true,
+        local_mix: false,
     }
 }
 

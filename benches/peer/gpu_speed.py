@@ -80,6 +80,8 @@ def step_flops(dit: dict[str, Any], tokens: int, batch: int) -> float:
     attention = mm(n, d, n) + mm(n, n, d) + mm(n, d, l) + mm(n, l, d)
     proj = mm(n, d, 3 * d) + mm(n, d, d) + mm(n, d, d) + mm(l, d, 2 * d) + mm(n, d, d)
     mlp = mm(n, d, r * d) + mm(n, r * d, d)
+    if dit.get("local_mix", False):
+        mlp += 2 * 9 * n * d  # the depthwise 3x3 mix
     other = (mm(n, p, d) + mm(1, f, d) + mm(1, d, d) + mm(l, e, d) + mm(1, e, d)
              + depth * mm(1, d, 6 * d) + mm(1, d, 2 * d) + mm(n, d, p))
     # absolute position embedding: once per forward, shared by the batch

@@ -12,7 +12,7 @@ PixArt-alpha; 3D RoPE as in Lumina-T2X / Open-Sora):
     shift1, scale1, gate1, shift2, scale2, gate2 = ada(silu(c))
     x += gate1 * proj(SelfAttn(modulate(LN(x), shift1, scale1)))          RoPE on q, k
     x += cross_proj(CrossAttn(norm_cross(x), kv(context_proj(context))))  no gate
-    x += gate2 * mlp(modulate(LN(x), shift2, scale2))
+    x += gate2 * mlp(modulate(LN(x), shift2, scale2))                    h + mix(h) first if local_mix
     out = final_linear(modulate(LN(x), final_ada(silu(c))))
 
 Attention is `F.scaled_dot_product_attention`, the idiomatic fast path; the
@@ -181,10 +181,28 @@ class Mlp(nn.Module):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
+class LocalMix(nn.Module):
+    """A 3x3 depthwise convolution over each frame's `(h, w)` plane of the token
+    grid, zero padding, no bias; `weight` `(9, D)`, slot `ky * 3 + kx`."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(9, d))
+
+    def forward(self, x: Tensor, grid: Grid) -> Tensor:
+        """`(B, N, D)`, tokens in raster order of `grid` -> `(B, N, D)`."""
+        b, n, d = x.shape
+        t, h, w = grid
+        planes = x.reshape(b * t, h, w, d).permute(0, 3, 1, 2)  # (B*T, D, H, W)
+        kernel = self.weight.t().reshape(d, 1, 3, 3)
+        out = F.conv2d(planes, kernel, padding=1, groups=d)
+        return out.permute(0, 2, 3, 1).reshape(b, n, d)
+
+
 class Block(nn.Module):
     """One DiT block: gated self-attention with RoPE, ungated cross-attention, gated MLP."""
 
-    def __init__(self, d: int, heads: int, mlp_ratio: int) -> None:
+    def __init__(self, d: int, heads: int, mlp_ratio: int, local_mix: bool = False) -> None:
         super().__init__()
         self.heads = heads
         self.ada = nn.Linear(d, 6 * d)
@@ -195,14 +213,23 @@ class Block(nn.Module):
         self.kv = nn.Linear(d, 2 * d)
         self.cross_proj = nn.Linear(d, d)
         self.mlp = Mlp(d, mlp_ratio * d)
+        self.mix = LocalMix(d) if local_mix else None
 
     def forward(
-        self, x: Tensor, c: Tensor, context: Tensor, context_bias: Tensor, cos: Tensor, sin: Tensor
+        self,
+        x: Tensor,
+        c: Tensor,
+        context: Tensor,
+        context_bias: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        grid: Grid,
     ) -> Tensor:
         """
         # Shapes
         - `x`: `(B, N, D)`; `c`: `(B, 1, D)`; `context`: `(B, L, D)` (projected)
         - `context_bias`: `(B, 1, 1, L)` additive; `cos`, `sin`: `(N, Dh / 2)`
+        - `grid`: the tokens' `(t, h, w)`, for the local mix
         - returns `(B, N, D)`
         """
         d = x.shape[-1]
@@ -221,8 +248,11 @@ class Block(nn.Module):
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=context_bias)
         x = x + self.cross_proj(merge_heads(a))
 
-        # MLP
-        return x + self.mlp(modulate_norm(x, shift2, scale2)) * gate2
+        # MLP, its input first mixed over each token's neighbours
+        h = modulate_norm(x, shift2, scale2)
+        if self.mix is not None:
+            h = h + self.mix(h, grid)
+        return x + self.mlp(h) * gate2
 
 
 class MinisoraDiT(nn.Module):
@@ -248,7 +278,9 @@ class MinisoraDiT(nn.Module):
         self.t_mlp2 = nn.Linear(d, d)
         self.context_proj = nn.Linear(e, d)
         self.pooled_proj = nn.Linear(e, d)
-        self.blocks = nn.ModuleList(Block(d, heads, config["mlp_ratio"]) for _ in range(config["depth"]))
+        # configs from before the local mix lack the key
+        mix = config.get("local_mix", False)
+        self.blocks = nn.ModuleList(Block(d, heads, config["mlp_ratio"], mix) for _ in range(config["depth"]))
         self.final_ada = nn.Linear(d, 2 * d)
         self.final_linear = nn.Linear(d, token_dim)
 
@@ -280,7 +312,7 @@ class MinisoraDiT(nn.Module):
         if self.pos_proj is not None:
             h = h + self.pos_proj(sincos_3d(grid, x.device, x.dtype))  # + (N, D)
         for block in self.blocks:
-            h = block(h, cond, context, context_bias, cos, sin)
+            h = block(h, cond, context, context_bias, cos, sin, grid)
         shift, scale = self.final_ada(F.silu(cond)).chunk(2, dim=-1)  # (B, 1, D) each
         out = self.final_linear(modulate_norm(h, shift, scale))  # (B, N, P)
         return unpatchify(out, grid, self.patch, c)

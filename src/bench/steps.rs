@@ -73,6 +73,7 @@ pub fn sweep(
                 vae,
                 prompts,
                 &options,
+                None,
                 device,
                 threads,
                 |done| progress(index, done),

@@ -9,6 +9,7 @@
 //!             x += gate1 * SelfAttn(modulate(LN(x)))           qkv Linear(D, 3D), out Linear(D, D), 3D RoPE
 //!             x += CrossAttn(LN(x), context)                   q Linear(D, D), kv Linear(D, 2D), out Linear(D, D)
 //!             x += gate2 * MLP(modulate(LN(x)))                Linear(D, rD), GELU, Linear(rD, D)
+//!               [h = modulate(LN(x)); MLP(h + dwconv3x3(h))]   local_mix: (9, D) per block, no bias
 //! final:      modulate(LN(x)) -> Linear(D, C*pt*ph*pw)        adaLN Linear(D, 2D)
 //! ```
 //! A multiply-add counts as 2 FLOPs. Norms, softmax, RoPE and elementwise
@@ -45,6 +46,15 @@ pub struct DitConfig {
     /// Checkpoints written before it existed read as `false`.
     #[serde(default)]
     pub pos_embed: bool,
+    /// In each block, mix the MLP's input over each token's 3x3 spatial
+    /// neighbourhood before the MLP (a depthwise convolution, zero at
+    /// initialisation: `h + dwconv3x3(h)`, as Sana's Mix-FFN and CPVT's
+    /// position convolution do), so that neighbouring tokens can agree on
+    /// detail such as where an edge runs. Needs the tokens of one full grid
+    /// per sequence (no packing). Checkpoints written before it existed
+    /// read as `false`.
+    #[serde(default)]
+    pub local_mix: bool,
 }
 
 /// FLOPs of one DiT forward and what it holds in memory, per the module docs.
@@ -104,7 +114,8 @@ impl DitConfig {
             + linear(d, 3 * d) + linear(d, d)   // self-attention
             + linear(d, d) + linear(d, 2 * d) + linear(d, d) // cross-attention
             + 2 * d                             // cross-attention's LayerNorm (affine)
-            + linear(d, r * d) + linear(r * d, d); // MLP
+            + linear(d, r * d) + linear(r * d, d) // MLP
+            + if self.local_mix { 9 * d } else { 0 }; // depthwise 3x3
         let embed = linear(p, d)                // patch embedding
             + linear(f, d) + linear(d, d)       // timestep MLP
             + linear(e, d)                      // context projection
@@ -129,7 +140,9 @@ impl DitConfig {
             + mm(n, d, l) + mm(n, l, d); // cross
         let attention_proj = mm(n, d, 3 * d) + mm(n, d, d) // self qkv, out
             + mm(n, d, d) + mm(l, d, 2 * d) + mm(n, d, d); // cross q, kv, out
-        let mlp = mm(n, d, r * d) + mm(n, r * d, d);
+                                                           // the depthwise 3x3 mix: 9 multiply-adds per value
+        let mix = if self.local_mix { 2 * 9 * n * d } else { 0 };
+        let mlp = mm(n, d, r * d) + mm(n, r * d, d) + mix;
         let modulation = mm(1, d, 6 * d);
         let other = mm(n, p, d) + mm(1, f, d) + mm(1, d, d) + mm(l, e, d) + mm(1, e, d) // embeddings
             + depth * modulation
@@ -173,6 +186,7 @@ mod tests {
             context_len: 3,
             freq_dim: 16,
             pos_embed: false,
+            local_mix: false,
         }
     }
 
@@ -190,16 +204,24 @@ mod tests {
             ..tiny()
         };
         assert_eq!(with_pos.params(), tiny().params() + 96 * 8);
+        // the local mix: a 3x3 depthwise kernel of D = 8 channels per block
+        let with_mix = DitConfig {
+            local_mix: true,
+            ..tiny()
+        };
+        assert_eq!(with_mix.params(), tiny().params() + 72);
     }
 
     #[test]
-    fn configs_written_before_the_position_embedding_read_without_it() {
+    fn configs_written_before_the_position_embedding_or_local_mix_read_without_them() {
         let mut json = serde_json::to_value(DitConfig {
             pos_embed: true,
+            local_mix: true,
             ..tiny()
         })
         .unwrap();
         json.as_object_mut().unwrap().remove("pos_embed");
+        json.as_object_mut().unwrap().remove("local_mix");
         let old: DitConfig = serde_json::from_value(json).unwrap();
         assert_eq!(old, tiny());
     }
@@ -223,6 +245,12 @@ mod tests {
         );
         // batch 2 doubles everything
         assert_eq!(tiny().step_cost(4, 2).total_flops, 2 * c.total_flops);
+        // the local mix: 9 multiply-adds for each of the 4 x 8 values
+        let with_mix = DitConfig {
+            local_mix: true,
+            ..tiny()
+        };
+        assert_eq!(with_mix.step_cost(4, 1).mlp_flops, 4096 + 576);
         // the position embedding adds 2*4*96*8 once per forward, whatever the batch
         let with_pos = DitConfig {
             pos_embed: true,

@@ -25,6 +25,42 @@ fn norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
     crate::ops::norm_modulate(x, shift, scale, 1e-6)
 }
 
+/// A 3x3 depthwise convolution over each `(h, w)` plane of the token grid,
+/// zero padding: `(B, N, D) -> (B, N, D)`, the tokens in raster order of a
+/// full `[t, h, w]` grid. Weights `(9, D)`, slot `ky * 3 + kx`, no bias.
+struct LocalMix {
+    weight: Tensor,
+}
+
+impl LocalMix {
+    fn new(d: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints((9, d), "weight", candle_nn::Init::Const(0.0))?;
+        Ok(Self { weight })
+    }
+
+    fn forward(&self, x: &Tensor, grid: [usize; 3]) -> Result<Tensor> {
+        let (b, n, d) = x.dims3()?;
+        let [t, h, w] = grid;
+        let g = crate::ops::gather_neighbours(&x.reshape((b * t, h, w, d))?, 3, 3)?; // (B*T, H, W, 9D)
+        Ok(g.reshape((b, n, 9, d))?
+            .broadcast_mul(&self.weight)?
+            .sum(2)?)
+    }
+}
+
+/// The `[t, h, w]` grid `positions` fill in raster order, if they do (one
+/// clip's tokens; a packed sequence does not).
+fn full_grid(positions: &[[usize; 3]]) -> Option<[usize; 3]> {
+    let last = positions.last()?;
+    let grid = [last[0] + 1, last[1] + 1, last[2] + 1];
+    let raster = positions.len() == grid.iter().product::<usize>()
+        && positions
+            .iter()
+            .enumerate()
+            .all(|(i, p)| *p == [i / (grid[1] * grid[2]), i / grid[2] % grid[1], i % grid[2]]);
+    raster.then_some(grid)
+}
+
 struct Block {
     ada: Linear,
     qkv: Linear,
@@ -34,6 +70,7 @@ struct Block {
     kv: Linear,
     cross_proj: Linear,
     mlp: Mlp,
+    mix: Option<LocalMix>,
     heads: usize,
 }
 
@@ -54,6 +91,8 @@ pub struct Conditioning<'a> {
     /// RoPE tables `(N, Dh / 2)`.
     pub cos: &'a Tensor,
     pub sin: &'a Tensor,
+    /// The tokens' `[t, h, w]` grid, for the local mix.
+    pub grid: Option<[usize; 3]>,
 }
 
 impl Block {
@@ -68,6 +107,11 @@ impl Block {
             kv: candle_nn::linear(d, 2 * d, vb.pp("kv"))?,
             cross_proj: candle_nn::linear(d, d, vb.pp("cross_proj"))?,
             mlp: Mlp::new(d, cfg.mlp_ratio * d, vb.pp("mlp"))?,
+            mix: if cfg.local_mix {
+                Some(LocalMix::new(d, vb.pp("mix"))?)
+            } else {
+                None
+            },
             heads: cfg.heads,
         })
     }
@@ -109,8 +153,11 @@ impl Block {
         let a = merge_heads(&a)?;
         let x = (&x + apply_last(&self.cross_proj, &a)?)?;
 
-        // MLP
-        let h = norm_modulate(&x, &shift2, &scale2)?;
+        // MLP, its input first mixed over each token's neighbours
+        let mut h = norm_modulate(&x, &shift2, &scale2)?;
+        if let (Some(mix), Some(grid)) = (&self.mix, cond.grid) {
+            h = (&h + mix.forward(&h, grid)?)?;
+        }
         Ok((&x + self.mlp.forward(&h)?.broadcast_mul(&gate2)?)?)
     }
 }
@@ -255,7 +302,14 @@ impl Dit {
             }
             _ => None,
         };
+        let grid = full_grid(positions);
+        if self.config.local_mix && grid.is_none() {
+            invalid!(
+                "this DiT mixes neighbouring tokens (local_mix), which needs one clip's full grid of tokens per sequence: packed or partial sequences are not supported"
+            );
+        }
         let cond = Conditioning {
+            grid,
             c,
             context: &context,
             context_bias,
@@ -402,6 +456,55 @@ mod tests {
                 "text encoder in {dtype:?} differs from f32 by {diff}"
             );
         }
+    }
+
+    /// The local mix is a 3x3 depthwise convolution over each frame's
+    /// `(h, w)` plane with zero padding: checked against a direct loop on a
+    /// 2 x (2, 3, 4) grid with random weights; `full_grid` accepts only a
+    /// raster-order full grid.
+    #[test]
+    fn local_mix_is_a_depthwise_3x3_convolution() {
+        let dev = Device::Cpu;
+        let (b, [t, h, w], d) = (2, [2, 3, 4], 5);
+        let mut rng = crate::rng::Rng::new(11);
+        let x = randn(&mut rng, &[b, t * h * w, d], &dev).unwrap();
+        let mix = LocalMix {
+            weight: randn(&mut rng, &[9, d], &dev).unwrap(),
+        };
+        let got = mix
+            .forward(&x, [t, h, w])
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap();
+        let (xv, wv) = (
+            x.to_vec3::<f32>().unwrap(),
+            mix.weight.to_vec2::<f32>().unwrap(),
+        );
+        for bi in 0..b {
+            for (i, row) in got[bi].iter().enumerate() {
+                let (ti, yi, xi) = (i / (h * w), i / w % h, i % w);
+                for c in 0..d {
+                    let mut want = 0.0f32;
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let (y, x) = (yi + ky, xi + kx);
+                            if (1..=h).contains(&y) && (1..=w).contains(&x) {
+                                let j = ti * h * w + (y - 1) * w + (x - 1);
+                                want += wv[ky * 3 + kx][c] * xv[bi][j][c];
+                            }
+                        }
+                    }
+                    assert!((row[c] - want).abs() < 1e-5, "token {i} channel {c}");
+                }
+            }
+        }
+        let grid = crate::patch::positions([t, h, w]);
+        assert_eq!(full_grid(&grid), Some([t, h, w]));
+        assert_eq!(full_grid(&grid[..grid.len() - 1]), None);
+        let mut swapped = grid.clone();
+        swapped.swap(0, 1);
+        assert_eq!(full_grid(&swapped), None);
+        assert_eq!(full_grid(&[]), None);
     }
 
     /// The cached position tables follow the grid: a forward at one grid,

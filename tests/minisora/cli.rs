@@ -318,6 +318,28 @@ fn train_vae_then_roundtrip_and_eval_end_to_end() {
         "{}",
         text(&o)
     );
+    // through noisier latents: a figure per noise level, and a bad level refused
+    let noisy = [
+        "vae",
+        "eval",
+        "--checkpoint",
+        "run/checkpoint",
+        "--count",
+        "2",
+    ];
+    let o = minisora(
+        &[&noisy[..], &["--latent-noise", "0.5", "--json"]].concat(),
+        d,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["clips"], 2);
+    assert_eq!(v["latent_noise"], 0.5);
+    assert_refused(
+        &[&noisy[..], &["--latent-noise", "nan"]].concat(),
+        "--latent-noise",
+        d,
+    );
     let o = minisora(&["vae", "eval", "--checkpoint", "nowhere"], d);
     assert!(
         !o.status.success() && text(&o).contains("nowhere"),
@@ -391,6 +413,58 @@ fn train_dit_then_generate_end_to_end() {
         4
     );
     assert!(d.join("g.steps.png").exists());
+    // editing a clip: g.gif redrawn to another prompt from half way
+    let edit = [
+        &[
+            "generate",
+            "a blue square moving up",
+            "--checkpoint",
+            "dit/checkpoint",
+            "--steps",
+            "4",
+            "--init",
+            "g.gif",
+            "--strength",
+            "0.5",
+            "-o",
+            "e.gif",
+        ][..],
+        &size,
+    ]
+    .concat();
+    let o = minisora(&edit, d);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        minisora::video::read(&d.join("e.gif"), &Default::default())
+            .unwrap()
+            .dim()
+            .0,
+        4
+    );
+    // the renoise diagnostic of eval runs its share of the steps
+    let o = minisora(
+        &[
+            &[
+                "eval",
+                "--checkpoint",
+                "dit/checkpoint",
+                "--count",
+                "1",
+                "--steps",
+                "4",
+                "--renoise",
+                "0.5",
+            ][..],
+            &size,
+        ]
+        .concat(),
+        d,
+    );
+    assert!(
+        o.status.success() && text(&o).contains("the last 2 steps"),
+        "{}",
+        text(&o)
+    );
     std::fs::write(
         d.join("prompts.txt"),
         "a red circle growing\n# a comment\n\na blue square moving up\n",
@@ -529,6 +603,51 @@ fn train_dit_then_generate_end_to_end() {
         (
             &["eval", "--checkpoint", "dit/checkpoint", "--count", "0"],
             "--count",
+        ),
+        (
+            &["eval", "--checkpoint", "dit/checkpoint", "--renoise", "0"],
+            "--renoise",
+        ),
+        (
+            &[
+                "generate",
+                "a red circle growing",
+                "--checkpoint",
+                "dit/checkpoint",
+                "--init",
+                "g.gif",
+                "--strength",
+                "2",
+                "-o",
+                "x.gif",
+            ],
+            "--strength",
+        ),
+        (
+            &[
+                "generate",
+                "a red circle growing",
+                "--checkpoint",
+                "dit/checkpoint",
+                "--init",
+                "missing.gif",
+                "-o",
+                "x.gif",
+            ],
+            "missing.gif",
+        ),
+        (
+            &[
+                "generate",
+                "a red circle growing",
+                "--checkpoint",
+                "dit/checkpoint",
+                "--strength",
+                "0.5",
+                "-o",
+                "x.gif",
+            ],
+            "--init",
         ),
         (&[&picture[..], &["--scale", "0"]].concat(), "scale"),
         (

@@ -24,6 +24,7 @@ fn tiny() -> DitConfig {
         context_len: 6,
         freq_dim: 32,
         pos_embed: true,
+        local_mix: false,
     }
 }
 
@@ -110,6 +111,10 @@ fn the_parameter_count_is_the_one_config_counts() {
             heads: 4,
             ..tiny()
         },
+        DitConfig {
+            local_mix: true,
+            ..tiny()
+        },
     ] {
         let (_, varmap) = build(&cfg);
         let real: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
@@ -183,11 +188,36 @@ fn packed_tokens_see_only_their_own_clip_and_never_padding() {
     let alone = run(&clips[1..2]);
     let diff = max_abs(&(&alone[0] - &before[1]).unwrap());
     assert!(diff < 1e-5, "clip 1 alone vs packed: {diff}");
+
+    // a DiT that mixes neighbouring tokens needs one clip's full grid: a
+    // packed sequence is refused, not mixed across clips
+    let (mixing, _) = build(&DitConfig {
+        local_mix: true,
+        ..cfg.clone()
+    });
+    let packed = pack(&clips, Some(24)).unwrap();
+    let (ctx, pooled, _) = text(1);
+    let c = mixing
+        .condition(&Tensor::new(&[0.4f32], &Device::Cpu).unwrap(), &pooled)
+        .unwrap()
+        .unsqueeze(1)
+        .unwrap();
+    let cb = Tensor::zeros((1, 1, 1, 6), DType::F32, &Device::Cpu).unwrap();
+    let err = mixing
+        .forward_tokens(&packed.tokens, &packed.positions, &c, &ctx, &cb, None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("packed"), "{err}");
 }
 
 #[test]
 fn every_parameter_of_the_dit_and_text_encoder_learns() {
-    let cfg = tiny();
+    // with the local mix, so that its kernels are among the parameters
+    let cfg = DitConfig {
+        local_mix: true,
+        ..tiny()
+    };
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let tok = Tokenizer::from_captions(["a red circle growing", "a blue square moving left"], 6);

@@ -3,12 +3,12 @@
 
 use std::path::Path;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use minisora::data::clips::ShapesWorldSet;
 use minisora::data::shapes_world::Canvas;
 use minisora::dit::DitConfig;
 use minisora::patch::PatchSize;
-use minisora::pipeline::{generate, SampleOptions};
+use minisora::pipeline::{encode, generate, generate_from, Init, SampleOptions};
 use minisora::text::TextConfig;
 use minisora::train::dit::{self, DitJob};
 use minisora::train::{vae as vae_train, RunConfig, Session};
@@ -74,6 +74,7 @@ fn job<'a>(vae_dir: &'a Path, run: RunConfig) -> DitJob<'a> {
             context_len: 16,
             freq_dim: 32,
             pos_embed: true,
+            local_mix: true,
         },
         text: TextConfig {
             vocab_size: 0,
@@ -88,6 +89,14 @@ fn job<'a>(vae_dir: &'a Path, run: RunConfig) -> DitJob<'a> {
         time_shift: 1.0,
         time_mix: 0.0,
     }
+}
+
+fn mean_sq(x: &Tensor) -> f32 {
+    x.sqr().unwrap().mean_all().unwrap().to_scalar().unwrap()
+}
+
+fn max_abs(x: &Tensor) -> f32 {
+    x.abs().unwrap().max_all().unwrap().to_scalar().unwrap()
 }
 
 #[test]
@@ -129,15 +138,8 @@ fn a_tiny_model_learns_one_caption_and_generates_it() {
         canvas: Canvas::new(4, 16, 16).unwrap(),
     };
     let g = generate(&model, &meta, &vae, caption.trim(), &options, &Device::Cpu).unwrap();
-    let err: f32 = (&g.latent - &z0)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .mean_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    let var: f32 = z0.sqr().unwrap().mean_all().unwrap().to_scalar().unwrap();
+    let err = mean_sq(&(&g.latent - &z0).unwrap());
+    let var = mean_sq(&z0);
     assert!(
         err < 0.2 * var,
         "generated latent is off by {err} (clip latent power {var})"
@@ -148,6 +150,45 @@ fn a_tiny_model_learns_one_caption_and_generates_it() {
     // same seed, same clip, bit for bit; guidance and other samplers run
     let again = generate(&model, &meta, &vae, caption.trim(), &options, &Device::Cpu).unwrap();
     assert_eq!(again.frames, g.frames);
+
+    // editing a clip (SDEdit): `encode` is the latent written out above;
+    // strength 1 ignores the clip (the plain sample, bit for bit); a small
+    // strength runs its share of the steps from the clip and stays near it
+    let z = encode(&vae, &frames, &Device::Cpu).unwrap();
+    assert_eq!(max_abs(&(&z - &z0).unwrap()), 0.0);
+    let from = |strength: f64, latent: &Tensor| {
+        let init = Init {
+            latent: latent.clone(),
+            strength,
+        };
+        let caption = caption.trim();
+        generate_from(
+            &model,
+            &meta,
+            &vae,
+            caption,
+            &options,
+            Some(&init),
+            &Device::Cpu,
+        )
+    };
+    assert_eq!(from(1.0, &z).unwrap().frames, g.frames);
+    let near = from(0.1, &z).unwrap();
+    assert_eq!(near.predictions.len(), 2, "the last 10% of 20 steps");
+    let err_near = mean_sq(&(&near.latent - &z0).unwrap());
+    assert!(
+        err_near < 0.05 * var,
+        "edited from t = 0.1, the latent is off by {err_near} (clip latent power {var})"
+    );
+    for bad in [0.0, 1.5, f64::NAN] {
+        let err = from(bad, &z).err().unwrap().to_string();
+        assert!(err.contains("strength"), "{err}");
+    }
+    let err = from(0.5, &z.narrow(4, 0, 2).unwrap())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("same frames, height and width"), "{err}");
     for sampler in ["heun", "dpm++2m"] {
         let o = SampleOptions {
             sampler: sampler.into(),
