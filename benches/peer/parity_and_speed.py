@@ -100,7 +100,7 @@ def export(args: argparse.Namespace, preset: str, tokens: int, out: Path) -> Non
     run_minisora(
         args,
         ["bench", "export", "--preset", preset, "--tokens", str(tokens), "--batch", str(args.batch),
-         "--out", str(out)],
+         "--local-mix", "true" if args.local_mix else "false", "--out", str(out)],
     )
 
 
@@ -224,6 +224,9 @@ def parse_args() -> argparse.Namespace:
                         help="dtype of the torch model and of minisora bench (parity is always "
                         "against minisora's f32 export)")
     parser.add_argument("--parity-only", action="store_true", help="check parity, skip timing")
+    parser.add_argument("--local-mix", action="store_true",
+                        help="export the presets with the DiT's local mix (DitConfig.local_mix); "
+                        "needs --parity-only, since minisora bench times the presets as they are")
     parser.add_argument("--work-dir", type=Path, help="keep the exports here instead of a temporary folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
@@ -231,6 +234,8 @@ def parse_args() -> argparse.Namespace:
     args.tokens = args.tokens or [128]
     if min(args.batch, args.threads, args.repeat, args.rounds) < 1 or args.warmup < 0:
         parser.error("--batch, --threads, --repeat and --rounds must be at least 1, --warmup at least 0")
+    if args.local_mix and not args.parity_only:
+        parser.error("--local-mix checks parity only: add --parity-only")
     if not args.minisora.is_file():
         parser.error(f"no minisora binary at {args.minisora} (cargo build --release, or pass --minisora)")
     if args.device == "cuda" and not torch.cuda.is_available():

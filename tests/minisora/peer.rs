@@ -25,27 +25,31 @@ fn the_pytorch_peer_reproduces_a_denoising_step() {
         );
         return;
     };
-    // two presets' shapes, the default's tokens (8x1x1 latent cells) and the tiny one's;
-    // the script exits 1 on a parity miss and 2 on any other failure
-    let out = Command::new(&python)
-        .arg(repo.join("benches/peer/parity_and_speed.py"))
-        .args(["--parity-only", "--preset", "tiny", "--preset", "default"])
-        .args(["--tokens", "8", "--tokens", "64", "--batch", "2", "--json"])
-        .arg("--minisora")
-        .arg(env!("CARGO_BIN_EXE_minisora"))
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let cases = report["cases"].as_array().expect("a cases array");
-    assert_eq!(cases.len(), 4, "{text}");
-    for case in cases {
-        let err = case["rel_error"].as_f64().unwrap();
-        assert!(err < 1e-4, "{case}");
+    // two presets' shapes, the default's tokens (8x1x1 latent cells) and the
+    // tiny one's; then both again with the local mix; the script exits 1 on
+    // a parity miss and 2 on any other failure
+    for extra in [&[][..], &["--local-mix"]] {
+        let out = Command::new(&python)
+            .arg(repo.join("benches/peer/parity_and_speed.py"))
+            .args(["--parity-only", "--preset", "tiny", "--preset", "default"])
+            .args(["--tokens", "8", "--tokens", "64", "--batch", "2", "--json"])
+            .args(extra)
+            .arg("--minisora")
+            .arg(env!("CARGO_BIN_EXE_minisora"))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{extra:?}: {text}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let cases = report["cases"].as_array().expect("a cases array");
+        assert_eq!(cases.len(), 4, "{text}");
+        for case in cases {
+            let err = case["rel_error"].as_f64().unwrap();
+            assert!(err < 1e-4, "{extra:?}: {case}");
+        }
     }
 }
