@@ -302,7 +302,12 @@ impl Dit {
             }
             _ => None,
         };
-        let grid = full_grid(positions);
+        // only a mixing DiT needs the grid: others skip the scan of positions
+        let grid = if self.config.local_mix {
+            full_grid(positions)
+        } else {
+            None
+        };
         if self.config.local_mix && grid.is_none() {
             invalid!(
                 "this DiT mixes neighbouring tokens (local_mix), which needs one clip's full grid of tokens per sequence: packed or partial sequences are not supported"
