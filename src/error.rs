@@ -10,12 +10,13 @@ pub enum Error {
     /// A prompt that is not in Shapes World's grammar.
     #[error(transparent)]
     Prompt(#[from] PromptError),
-    /// A file or directory could not be read or written.
-    #[error("{}: {source}", path.display())]
+    /// A file or directory could not be read or written. The message holds
+    /// the I/O error's own (it is not also chained as a source, so that an
+    /// error report prints it once).
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A video could not be decoded or encoded.
     #[error("{}: {message}", path.display())]
@@ -36,7 +37,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 

@@ -241,7 +241,10 @@ enum TrainCommand {
     #[command(
         after_help = "OUT/checkpoint/ is a whole text-to-video model (EMA weights, text encoder, \
         tokenizer, and a copy of the autoencoder), written atomically; --resume continues it exactly.\n\n\
-        Example:\n  minisora train dit --vae samples/vae --out runs/dit"
+        Examples:\n  minisora train dit --vae samples/vae --out runs/dit\n  \
+        minisora train dit --init samples/model --data my_clips --steps 2000 --lr 2e-4 --out runs/tuned\n\n\
+        A fine-tune (--init) reads captions with the model's own vocabulary: a caption with \
+        another word is an error that names it."
     )]
     Dit(TrainDitArgs),
     /// Train the whole default text-to-video model: the autoencoder, then the text encoder and DiT
@@ -450,6 +453,10 @@ struct TrainModelArgs {
     /// preset's choice (see train dit --local-mix)
     #[arg(long, value_name = "true|false")]
     dit_local_mix: Option<bool>,
+    /// Channels of the latent (the autoencoder's output and the DiT's
+    /// input), instead of the preset's
+    #[arg(long)]
+    latent_channels: Option<usize>,
     /// Seed of both stages' data order, initial weights and noise
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -465,12 +472,19 @@ struct TrainModelArgs {
 
 #[derive(Args)]
 struct TrainDitArgs {
-    /// The autoencoder checkpoint whose latents to learn
+    /// The autoencoder checkpoint whose latents to learn [default with
+    /// --init: the model's own, INIT/vae]
+    #[arg(long, required_unless_present = "init")]
+    vae: Option<PathBuf>,
+    /// Fine-tune this trained model (a checkpoint folder such as
+    /// samples/model) instead of starting from random weights: its
+    /// architecture, vocabulary and autoencoder are kept, and the optimiser
+    /// and learning-rate schedule start afresh
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["preset", "patch", "hidden", "depth", "heads", "local_mix"])]
+    init: Option<PathBuf>,
+    /// DiT preset: default, S, B, L, XL [default: default]
     #[arg(long)]
-    vae: PathBuf,
-    /// DiT preset: default, S, B, L, XL
-    #[arg(long, default_value = "default")]
-    preset: String,
+    preset: Option<String>,
     /// Patch size T,H,W over the latent, instead of the preset's
     #[arg(long)]
     patch: Option<PatchSize>,
@@ -948,16 +962,35 @@ fn train_vae(args: TrainVaeArgs) -> Result<()> {
 
 fn train_dit(args: TrainDitArgs) -> Result<()> {
     use minisora::train::{dit, RunConfig, Session};
-    let preset = minisora::preset::preset(&args.preset)?;
-    let dit = minisora::dit::DitConfig {
-        patch: args.patch.unwrap_or(preset.dit.patch),
-        hidden: args.hidden.unwrap_or(preset.dit.hidden),
-        depth: args.depth.unwrap_or(preset.dit.depth),
-        heads: args.heads.unwrap_or(preset.dit.heads),
-        local_mix: args.local_mix.unwrap_or(preset.dit.local_mix),
-        ..preset.dit.clone()
+    let (dit, text) = match &args.init {
+        Some(init) => {
+            if !init.is_dir() {
+                bail!("--init {}: no such checkpoint directory", init.display());
+            }
+            let meta: dit::DitMeta =
+                minisora::checkpoint::read_config(init, "dit", "a text-to-video model")
+                    .with_context(|| format!("--init {}", init.display()))?;
+            (meta.dit, meta.text)
+        }
+        None => {
+            let preset = minisora::preset::preset(args.preset.as_deref().unwrap_or("default"))?;
+            let dit = minisora::dit::DitConfig {
+                patch: args.patch.unwrap_or(preset.dit.patch),
+                hidden: args.hidden.unwrap_or(preset.dit.hidden),
+                depth: args.depth.unwrap_or(preset.dit.depth),
+                heads: args.heads.unwrap_or(preset.dit.heads),
+                local_mix: args.local_mix.unwrap_or(preset.dit.local_mix),
+                ..preset.dit.clone()
+            };
+            let text = minisora::text::TextConfig::for_dit(&dit);
+            (dit, text)
+        }
     };
-    let text = minisora::text::TextConfig::for_dit(&dit);
+    let vae_dir = match (&args.vae, &args.init) {
+        (Some(vae), _) => vae.clone(),
+        (None, Some(init)) => init.join("vae"),
+        (None, None) => bail!("--vae is needed (or --init, whose autoencoder is then used)"),
+    };
     let run = RunConfig {
         steps: args.steps,
         batch: args.batch,
@@ -977,10 +1010,11 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
         dit,
         text,
         run,
-        vae_dir: &args.vae,
+        vae_dir: &vae_dir,
         cfg_dropout: args.cfg_dropout,
         time_shift: args.time_shift,
         time_mix: args.time_mix,
+        init: args.init.as_deref(),
     };
     let session = Session {
         resume: args.resume,
@@ -1329,10 +1363,12 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
     use minisora::train::model::{self, ModelPlan, Stage};
     use minisora::train::{RunConfig, Session};
     let preset = minisora::preset::preset(&args.preset)?;
-    let vae = match preset.name {
+    let mut vae = match preset.name {
         "default" | "tiny" => minisora::vae::VaeConfig::preset(preset.name)?,
         other => bail!("train model trains the default or tiny preset; {other} is for benchmarks (train its stages with train vae and train dit)"),
     };
+    let latent_channels = args.latent_channels.unwrap_or(vae.latent_channels);
+    vae.latent_channels = latent_channels;
     let canvas = preset.canvas;
     let run = |steps, batch, lr, warmup, checkpoint_every, lr_floor, ema_decay| RunConfig {
         steps,
@@ -1363,6 +1399,7 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
         text: minisora::text::TextConfig::for_dit(&preset.dit),
         dit: minisora::dit::DitConfig {
             local_mix: args.dit_local_mix.unwrap_or(preset.dit.local_mix),
+            latent_channels,
             ..preset.dit.clone()
         },
         dit_run: run(

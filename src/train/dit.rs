@@ -51,6 +51,10 @@ pub struct DitMeta {
     /// ([`crate::diffusion::logit_normal_mixed`]); 0 for models from before it.
     #[serde(default)]
     pub time_mix: f64,
+    /// The model this one was fine-tuned from ([`DitJob::init`]), as given;
+    /// `None` for a model trained from random weights.
+    #[serde(default)]
+    pub init: Option<String>,
     pub command: String,
     pub minisora_version: String,
 }
@@ -187,6 +191,84 @@ pub struct DitJob<'a> {
     pub time_shift: f64,
     /// Share of the training times drawn unshifted (0: all shifted).
     pub time_mix: f64,
+    /// Fine-tune this text-to-video checkpoint instead of starting from
+    /// random weights: its architecture, vocabulary and autoencoder must be
+    /// the job's, its weights (the moving average) start both the trained
+    /// and the averaged weights, and the optimiser starts afresh.
+    pub init: Option<&'a Path>,
+}
+
+/// The vocabulary a run trains with: the data's own, or for a fine-tune the
+/// initial model's, which must then cover every training caption.
+fn run_tokenizer(
+    data: &super::DataSource,
+    init: Option<&DitMeta>,
+    max_len: usize,
+) -> Result<Tokenizer> {
+    let Some(init) = init else {
+        return Ok(match data {
+            super::DataSource::Shapes { .. } => shapes_world_tokenizer(max_len),
+            super::DataSource::Folder { clips, .. } => {
+                Tokenizer::from_captions(clips.iter().map(|c| c.caption.as_str()), max_len)
+            }
+        });
+    };
+    match data {
+        super::DataSource::Shapes { .. } => {
+            if init.tokenizer != shapes_world_tokenizer(max_len) {
+                invalid!("the model to fine-tune was trained on other captions than Shapes World's; its vocabulary does not cover them");
+            }
+        }
+        super::DataSource::Folder { clips, .. } => {
+            for clip in clips {
+                init.tokenizer.encode(&clip.caption).map_err(|e| {
+                    Error::Invalid(format!(
+                        "clip \"{}\": the model to fine-tune cannot read its caption: {e}",
+                        clip.name
+                    ))
+                })?;
+            }
+        }
+    }
+    Ok(init.tokenizer.clone())
+}
+
+/// Checks that `init` can be fine-tuned as `job`, returning its settings.
+fn init_meta(init: &Path, job: &DitJob) -> Result<DitMeta> {
+    checkpoint::recover(init)?;
+    let meta: DitMeta = checkpoint::read_config(init, "dit", "a text-to-video model")
+        .map_err(|e| Error::Invalid(format!("the model to fine-tune: {e}")))?;
+    if meta.dit != job.dit {
+        invalid!(
+            "{}: its DiT ({:?}) is not the one asked for ({:?}); a fine-tune keeps the architecture",
+            init.display(),
+            meta.dit,
+            job.dit
+        );
+    }
+    // the same autoencoder: the same weights and the same latent normalisation
+    let vae_of = |dir: &Path| -> Result<(vae_train::VaeMeta, Vec<u8>)> {
+        let weights = dir.join("model.safetensors");
+        Ok((
+            checkpoint::read_config(dir, "vae", "an autoencoder")?,
+            std::fs::read(&weights).map_err(|e| Error::io(&weights, e))?,
+        ))
+    };
+    let ((mine, my_weights), (theirs, their_weights)) =
+        (vae_of(&init.join("vae"))?, vae_of(job.vae_dir)?);
+    if my_weights != their_weights
+        || mine.vae != theirs.vae
+        || mine.scale_factor != theirs.scale_factor
+        || mine.latent_mean != theirs.latent_mean
+    {
+        invalid!(
+            "{} was trained on another autoencoder than {}: fine-tune it on its own ({})",
+            init.display(),
+            job.vae_dir.display(),
+            init.join("vae").display()
+        );
+    }
+    Ok(meta)
 }
 
 /// Trains (or resumes) text encoder and DiT in `out` (`out/checkpoint/`,
@@ -232,12 +314,8 @@ pub fn train(
         );
     }
     let data = super::data_source(&run.data, canvas, run.seed)?;
-    let tokenizer = match &data {
-        super::DataSource::Shapes { .. } => shapes_world_tokenizer(job.text.max_len),
-        super::DataSource::Folder { clips, .. } => {
-            Tokenizer::from_captions(clips.iter().map(|c| c.caption.as_str()), job.text.max_len)
-        }
-    };
+    let init = job.init.map(|dir| init_meta(dir, job)).transpose()?;
+    let tokenizer = run_tokenizer(&data, init.as_ref(), job.text.max_len)?;
     tokenizer.validate()?;
     let text_cfg = TextConfig {
         vocab_size: tokenizer.vocab_size(),
@@ -252,6 +330,7 @@ pub fn train(
         .clone();
     let mut opt = AdamW::new(vars, AdamWConfig::default())?;
     let mut ema: HashMap<String, Tensor> = HashMap::new();
+    let init_name = job.init.map(|d| d.display().to_string());
     let start = if session.resume {
         let meta: DitMeta = read_json(&ckpt_dir.join("config.json"))
             .map_err(|e| Error::Invalid(format!("cannot resume: {e}")))?;
@@ -264,6 +343,7 @@ pub fn train(
             || same_run != *run
             || meta.time_shift != job.time_shift
             || meta.time_mix != job.time_mix
+            || meta.init != init_name
         {
             invalid!(
                 "cannot resume: {} was trained with other settings; only --steps may change",
@@ -282,7 +362,19 @@ pub fn train(
         if ckpt_dir.exists() {
             invalid!("{} already holds a checkpoint: pass --resume to continue it, or choose another --out", ckpt_dir.display());
         }
-        seeded_init(&model.varmap, run.seed)?;
+        match job.init {
+            Some(dir) => {
+                if init.as_ref().is_some_and(|m| m.text != text_cfg) {
+                    invalid!(
+                        "{}: its text encoder is not the one asked for",
+                        dir.display()
+                    );
+                }
+                let weights = dir.join("model.safetensors");
+                checkpoint::load_into(&model.varmap, &read_tensors(&weights, device)?, &weights)?;
+            }
+            None => seeded_init(&model.varmap, run.seed)?,
+        }
         update_ema(&mut ema, &model.varmap, 0.0)?;
         0
     };
@@ -302,6 +394,7 @@ pub fn train(
         cfg_dropout: job.cfg_dropout,
         time_shift: job.time_shift,
         time_mix: job.time_mix,
+        init: init_name.clone(),
         command: session.command.clone(),
         minisora_version: env!("CARGO_PKG_VERSION").into(),
     };

@@ -120,6 +120,7 @@ pub fn train(
         cfg_dropout: plan.cfg_dropout,
         time_shift: plan.time_shift,
         time_mix: plan.time_mix,
+        init: None,
     };
     let dit_out = dit::train(&dit_dir, &job, &stage_session(&dit_dir), device, |r| {
         on_step(Stage::Dit, r)

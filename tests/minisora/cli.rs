@@ -413,6 +413,33 @@ fn train_dit_then_generate_end_to_end() {
         4
     );
     assert!(d.join("g.steps.png").exists());
+    // fine-tuning the trained model: one more step from its weights, with
+    // its own autoencoder when no --vae is given
+    let tune = [
+        &[
+            "train",
+            "dit",
+            "--init",
+            "dit/checkpoint",
+            "--steps",
+            "1",
+            "--batch",
+            "2",
+            "--out",
+            "tuned",
+        ][..],
+        &size,
+    ]
+    .concat();
+    let o = minisora(&tune, d);
+    assert!(
+        o.status.success() && text(&o).contains("step 1 of 1"),
+        "{}",
+        text(&o)
+    );
+    let tuned: minisora::train::dit::DitMeta =
+        minisora::checkpoint::read_json(&d.join("tuned/checkpoint/config.json")).unwrap();
+    assert_eq!(tuned.init.as_deref(), Some("dit/checkpoint"));
     // editing a clip: g.gif redrawn to another prompt from half way
     let edit = [
         &[
@@ -649,6 +676,15 @@ fn train_dit_then_generate_end_to_end() {
             ],
             "--init",
         ),
+        (
+            &["train", "dit", "--init", "nothing_here", "--out", "ft"],
+            "no such checkpoint directory",
+        ),
+        (
+            &["train", "dit", "--init", "dit/checkpoint", "--hidden", "64"],
+            "cannot be used with",
+        ),
+        (&["train", "dit", "--out", "ft"], "--vae"),
         (&[&picture[..], &["--scale", "0"]].concat(), "scale"),
         (
             &[

@@ -88,6 +88,7 @@ fn job<'a>(vae_dir: &'a Path, run: RunConfig) -> DitJob<'a> {
         cfg_dropout: 0.1,
         time_shift: 1.0,
         time_mix: 0.0,
+        init: None,
     }
 }
 
@@ -297,4 +298,117 @@ fn dit_training_resumes_exactly() {
         .unwrap()
         .to_string()
         .contains("not a text-to-video model"));
+}
+
+#[test]
+fn fine_tuning_starts_from_the_model_and_keeps_its_settings() {
+    let root = tempfile::tempdir().unwrap();
+    let (data, vae_dir) = setup(root.path());
+    let base = root.path().join("base");
+    dit::train(
+        &base,
+        &job(&vae_dir, run(3, &data, 2, 1e-3)),
+        &session(false, None),
+        &Device::Cpu,
+        |_| (),
+    )
+    .unwrap();
+    let init = base.join("checkpoint");
+    let tuned = |out: &str, stop_at: Option<u64>, job: &DitJob| {
+        dit::train(
+            &root.path().join(out),
+            job,
+            &session(false, stop_at),
+            &Device::Cpu,
+            |_| (),
+        )
+    };
+    let fine = DitJob {
+        init: Some(&init),
+        ..job(&vae_dir, run(2, &data, 2, 1e-3))
+    };
+    let tensors = |p: &Path| dit::load(p, &Device::Cpu).unwrap().1.varmap;
+    let differ = |a: &candle_nn::VarMap, b: &candle_nn::VarMap| -> f32 {
+        let a = a.data().lock().unwrap();
+        let b = b.data().lock().unwrap();
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .map(|(name, v)| max_abs(&(v.as_tensor() - b[name].as_tensor()).unwrap()))
+            .fold(0.0, f32::max)
+    };
+    // stopped before its first step: the model it starts from, unchanged
+    let start = tuned("start", Some(0), &fine).unwrap();
+    assert_eq!(differ(&tensors(&init), &tensors(&start.checkpoint)), 0.0);
+    // the trained weights start from the averaged ones too
+    let read = |p: &Path, file: &str| {
+        minisora::checkpoint::read_tensors(&p.join(file), &Device::Cpu).unwrap()
+    };
+    let started = read(&start.checkpoint, "train.safetensors");
+    for (name, v) in read(&init, "model.safetensors") {
+        assert_eq!(max_abs(&(v - &started[&name]).unwrap()), 0.0, "{name}");
+    }
+    let meta: dit::DitMeta =
+        minisora::checkpoint::read_json(&start.checkpoint.join("config.json")).unwrap();
+    assert_eq!(meta.init.as_deref(), Some(init.to_str().unwrap()));
+    // two steps move it, and it still loads and samples as a whole model
+    let done = tuned("done", None, &fine).unwrap();
+    assert!(differ(&tensors(&init), &tensors(&done.checkpoint)) > 0.0);
+    // resuming without the same --init is another run
+    let refused = dit::train(
+        &root.path().join("start"),
+        &job(&vae_dir, run(2, &data, 2, 1e-3)),
+        &session(true, None),
+        &Device::Cpu,
+        |_| (),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(refused.contains("other settings"), "{refused}");
+
+    // another architecture, another autoencoder and unknown caption words are refused
+    let mut wider = fine.clone();
+    wider.dit.hidden = 48;
+    let err = tuned("wider", None, &wider).err().unwrap().to_string();
+    assert!(err.contains("keeps the architecture"), "{err}");
+    let other_vae = root.path().join("other_vae");
+    std::fs::create_dir_all(&other_vae).unwrap();
+    std::fs::copy(
+        vae_dir.join("model.safetensors"),
+        other_vae.join("model.safetensors"),
+    )
+    .unwrap();
+    let mut config: serde_json::Value =
+        minisora::checkpoint::read_json(&vae_dir.join("config.json")).unwrap();
+    config["latent_mean"] = serde_json::json!(0.25);
+    minisora::checkpoint::write_json(&other_vae.join("config.json"), &config).unwrap();
+    let err = tuned(
+        "other_vae",
+        None,
+        &DitJob {
+            vae_dir: &other_vae,
+            ..fine.clone()
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("another autoencoder"), "{err}");
+    let other_data = root.path().join("other_clip");
+    ShapesWorldSet::new(11, Canvas::new(4, 16, 16).unwrap(), "gif", 8.0)
+        .unwrap()
+        .write(&other_data, 1, |_| ())
+        .unwrap();
+    let err = tuned(
+        "other_data",
+        None,
+        &DitJob {
+            init: Some(&init),
+            ..job(&vae_dir, run(2, &other_data, 2, 1e-3))
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("cannot read its caption"), "{err}");
 }
