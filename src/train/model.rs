@@ -81,6 +81,10 @@ pub fn train(
     if session.stop_at.is_some() {
         invalid!("a whole-model run cannot stop at a step; train the stages one by one for that");
     }
+    // a bad setting is refused before any folder is made or stage begins
+    plan.vae.validate()?;
+    plan.vae_run.validate()?;
+    plan.dit_run.validate()?;
     let (vae_dir, dit_dir) = (stage_dir(out, Stage::Vae), stage_dir(out, Stage::Dit));
     if !session.resume && (vae_dir.exists() || dit_dir.exists()) {
         invalid!(

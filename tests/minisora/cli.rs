@@ -685,6 +685,19 @@ fn train_dit_then_generate_end_to_end() {
             "cannot be used with",
         ),
         (&["train", "dit", "--out", "ft"], "--vae"),
+        (
+            &[
+                "train",
+                "model",
+                "--preset",
+                "tiny",
+                "--latent-channels",
+                "0",
+                "--out",
+                "lc",
+            ],
+            "latent channels",
+        ),
         (&[&picture[..], &["--scale", "0"]].concat(), "scale"),
         (
             &[
