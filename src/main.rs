@@ -454,7 +454,8 @@ struct TrainModelArgs {
     #[arg(long, value_name = "true|false")]
     dit_local_mix: Option<bool>,
     /// Channels of the latent (the autoencoder's output and the DiT's
-    /// input), instead of the preset's
+    /// input), instead of the preset's (default: 8, where the standalone
+    /// `train vae` makes 16)
     #[arg(long)]
     latent_channels: Option<usize>,
     /// Seed of both stages' data order, initial weights and noise
@@ -890,6 +891,14 @@ fn progress_bar(total: u64, position: u64) -> Result<ProgressBar> {
 }
 
 /// Closes a training run's progress bar and says where it stopped.
+/// This process's arguments, for a run's record: lossy where an argument
+/// (a path) is not UTF-8, which `std::env::args` would panic on.
+fn command_line() -> Vec<String> {
+    std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
+}
+
 fn finish_run(bar: &ProgressBar, outcome: &minisora::train::TrainOutcome, steps: u64) {
     bar.finish();
     println!(
@@ -912,7 +921,7 @@ const DIT_TIME_MIX: f64 = 0.0;
 /// The shipped model's training lengths: chosen so that `train model` fits
 /// in 90 minutes on the 2-core machine, the autoencoder's stage in 30.
 const VAE_STEPS: u64 = 8400;
-const DIT_STEPS: u64 = 10000;
+const DIT_STEPS: u64 = 9500;
 /// The DiT's peak learning rate (`train dit` and `train model`). A full run
 /// at 1.5e-3 ended with a lower loss and the same prompt adherence
 /// (samples/model/card.md, "What was tried").
@@ -937,7 +946,7 @@ fn train_vae(args: TrainVaeArgs) -> Result<()> {
         shards: args.shards.for_batch(args.batch),
         ema_decay: args.ema,
     };
-    let command: Vec<String> = std::env::args().collect();
+    let command = command_line();
     let bar = progress_bar(args.steps, 0)?;
     let session = minisora::train::Session {
         resume: args.resume,
@@ -962,6 +971,11 @@ fn train_vae(args: TrainVaeArgs) -> Result<()> {
 
 fn train_dit(args: TrainDitArgs) -> Result<()> {
     use minisora::train::{dit, RunConfig, Session};
+    let vae_dir = match (&args.vae, &args.init) {
+        (Some(vae), _) => vae.clone(),
+        (None, Some(init)) => init.join("vae"),
+        (None, None) => bail!("--vae is needed (or --init, whose autoencoder is then used)"),
+    };
     let (dit, text) = match &args.init {
         Some(init) => {
             if !init.is_dir() {
@@ -974,7 +988,11 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
         }
         None => {
             let preset = minisora::preset::preset(args.preset.as_deref().unwrap_or("default"))?;
+            // the DiT denoises what its autoencoder makes, whatever the preset's
+            let vae = minisora::train::vae::load(&vae_dir, &Device::Cpu)
+                .with_context(|| format!("--vae {}", vae_dir.display()))?;
             let dit = minisora::dit::DitConfig {
+                latent_channels: vae.meta.vae.latent_channels,
                 patch: args.patch.unwrap_or(preset.dit.patch),
                 hidden: args.hidden.unwrap_or(preset.dit.hidden),
                 depth: args.depth.unwrap_or(preset.dit.depth),
@@ -985,11 +1003,6 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
             let text = minisora::text::TextConfig::for_dit(&dit);
             (dit, text)
         }
-    };
-    let vae_dir = match (&args.vae, &args.init) {
-        (Some(vae), _) => vae.clone(),
-        (None, Some(init)) => init.join("vae"),
-        (None, None) => bail!("--vae is needed (or --init, whose autoencoder is then used)"),
     };
     let run = RunConfig {
         steps: args.steps,
@@ -1019,7 +1032,7 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
     let session = Session {
         resume: args.resume,
         stop_at: args.stop_at,
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: command_line().join(" "),
     };
     let bar = progress_bar(args.steps, 0)?;
     let outcome = dit::train(&args.out, &job, &session, &Device::Cpu, |r| {
@@ -1367,7 +1380,7 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
         "default" | "tiny" => minisora::vae::VaeConfig::preset(preset.name)?,
         other => bail!("train model trains the default or tiny preset; {other} is for benchmarks (train its stages with train vae and train dit)"),
     };
-    let latent_channels = args.latent_channels.unwrap_or(vae.latent_channels);
+    let latent_channels = args.latent_channels.unwrap_or(preset.compression.channels);
     vae.latent_channels = latent_channels;
     let canvas = preset.canvas;
     let run = |steps, batch, lr, warmup, checkpoint_every, lr_floor, ema_decay| RunConfig {
@@ -1418,7 +1431,7 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
     let session = Session {
         resume: args.resume,
         stop_at: None,
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: command_line().join(" "),
     };
     let bar = std::cell::RefCell::new(progress_bar(1, 0)?);
     let totals = (args.vae_steps, args.dit_steps);

@@ -179,7 +179,7 @@ pub fn generate_from(
         device,
     )?;
     let mut state = SamplerState::default();
-    let mut predictions = Vec::with_capacity(options.steps);
+    let mut predictions = Vec::with_capacity(options.steps.min(1 << 16));
     let shift = options.shift.unwrap_or(meta.time_shift);
     if !(shift.is_finite() && shift > 0.0) {
         crate::invalid!("--shift must be a positive number, got {shift}");

@@ -43,7 +43,7 @@ pub struct AdherenceReport {
 /// Prompts drawn from the grammar with seeds training never uses:
 /// `per_kind` with one object and `per_kind` with two, in draw order.
 pub fn held_out_prompts(per_kind: usize) -> Vec<Scene> {
-    let mut out = Vec::with_capacity(2 * per_kind);
+    let mut out = Vec::with_capacity(2 * per_kind.min(1 << 16));
     let mut have = [0usize; 2];
     for i in 0u64.. {
         if have.iter().all(|&n| n >= per_kind) {

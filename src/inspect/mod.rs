@@ -257,7 +257,7 @@ mod tests {
         assert_eq!(i.tokens, 64);
         assert_eq!(i.footprint, [16, 4, 4]);
         assert_eq!(i.padded_tokens, 0);
-        assert_eq!(i.token_dim, 128);
+        assert_eq!(i.token_dim, 64);
     }
 
     #[test]

@@ -238,6 +238,9 @@ fn init_meta(init: &Path, job: &DitJob) -> Result<DitMeta> {
     checkpoint::recover(init)?;
     let meta: DitMeta = checkpoint::read_config(init, "dit", "a text-to-video model")
         .map_err(|e| Error::Invalid(format!("the model to fine-tune: {e}")))?;
+    meta.tokenizer
+        .validate()
+        .map_err(|e| Error::Invalid(format!("the model to fine-tune: {e}")))?;
     if meta.dit != job.dit {
         invalid!(
             "{}: its DiT ({:?}) is not the one asked for ({:?}); a fine-tune keeps the architecture",

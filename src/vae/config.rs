@@ -34,7 +34,9 @@ pub struct VaeConfig {
 
 impl VaeConfig {
     /// The default compression network: 2x in time, 4x in space, 16
-    /// channels (a 16x32x32 clip becomes 16x8x8x8, 6x fewer values).
+    /// channels (a 16x32x32 clip becomes 16x8x8x8, 6x fewer values). The
+    /// shipped autoencoder `samples/vae`; the shipped text-to-video model's
+    /// own is this with 8 channels ([`crate::preset::MODEL_LATENT_CHANNELS`]).
     ///
     /// Chosen by short runs on the 2-core machine (batch 8, lr 2e-3): 16
     /// channels led 8 by about 0.4 dB at equal steps; width 64 trains 2.3x

@@ -353,10 +353,23 @@ fn train_dit_then_generate_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let size = ["--frames", "4", "--height", "16", "--width", "16"];
+    // 3 latent channels where the tiny preset's DiT has 4: train dit takes
+    // the autoencoder's
     let o = minisora(
         &[
             &[
-                "train", "vae", "--preset", "tiny", "--steps", "1", "--batch", "1", "--out", "vae",
+                "train",
+                "vae",
+                "--preset",
+                "tiny",
+                "--latent-channels",
+                "3",
+                "--steps",
+                "1",
+                "--batch",
+                "1",
+                "--out",
+                "vae",
             ][..],
             &size,
         ]
@@ -440,6 +453,7 @@ fn train_dit_then_generate_end_to_end() {
     let tuned: minisora::train::dit::DitMeta =
         minisora::checkpoint::read_json(&d.join("tuned/checkpoint/config.json")).unwrap();
     assert_eq!(tuned.init.as_deref(), Some("dit/checkpoint"));
+    assert_eq!(tuned.dit.latent_channels, 3);
     // editing a clip: g.gif redrawn to another prompt from half way
     let edit = [
         &[
