@@ -890,7 +890,6 @@ fn progress_bar(total: u64, position: u64) -> Result<ProgressBar> {
     Ok(bar)
 }
 
-/// Closes a training run's progress bar and says where it stopped.
 /// This process's arguments, for a run's record: lossy where an argument
 /// (a path) is not UTF-8, which `std::env::args` would panic on.
 fn command_line() -> Vec<String> {
@@ -899,6 +898,7 @@ fn command_line() -> Vec<String> {
         .collect()
 }
 
+/// Closes a training run's progress bar and says where it stopped.
 fn finish_run(bar: &ProgressBar, outcome: &minisora::train::TrainOutcome, steps: u64) {
     bar.finish();
     println!(
@@ -989,10 +989,10 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
         None => {
             let preset = minisora::preset::preset(args.preset.as_deref().unwrap_or("default"))?;
             // the DiT denoises what its autoencoder makes, whatever the preset's
-            let vae = minisora::train::vae::load(&vae_dir, &Device::Cpu)
+            let vae = minisora::train::vae::read_meta(&vae_dir)
                 .with_context(|| format!("--vae {}", vae_dir.display()))?;
             let dit = minisora::dit::DitConfig {
-                latent_channels: vae.meta.vae.latent_channels,
+                latent_channels: vae.vae.latent_channels,
                 patch: args.patch.unwrap_or(preset.dit.patch),
                 hidden: args.hidden.unwrap_or(preset.dit.hidden),
                 depth: args.depth.unwrap_or(preset.dit.depth),

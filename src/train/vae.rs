@@ -75,9 +75,9 @@ fn build(config: &VaeConfig, device: &Device) -> Result<(Vae, VarMap)> {
     Ok((vae, varmap))
 }
 
-/// Loads an autoencoder checkpoint directory (`config.json` +
-/// `model.safetensors`), checking kind, contract and every weight.
-pub fn load(dir: &Path, device: &Device) -> Result<VaeCheckpoint> {
+/// Reads an autoencoder checkpoint directory's `config.json` (kind and
+/// contract checked), without its weights.
+pub fn read_meta(dir: &Path) -> Result<VaeMeta> {
     checkpoint::recover(dir)?;
     if !dir.is_dir() {
         invalid!("{}: no such checkpoint directory", dir.display());
@@ -90,6 +90,13 @@ pub fn load(dir: &Path, device: &Device) -> Result<VaeCheckpoint> {
             meta.contract
         );
     }
+    Ok(meta)
+}
+
+/// Loads an autoencoder checkpoint directory (`config.json` +
+/// `model.safetensors`), checking kind, contract and every weight.
+pub fn load(dir: &Path, device: &Device) -> Result<VaeCheckpoint> {
+    let meta = read_meta(dir)?;
     let (vae, varmap) = build(&meta.vae, device)?;
     let weights = dir.join("model.safetensors");
     checkpoint::load_into(&varmap, &read_tensors(&weights, device)?, &weights)?;
