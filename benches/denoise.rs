@@ -9,6 +9,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use minisora::bench::{grid_for_tokens, latent_for_grid};
 use minisora::diffusion::{sampler, Denoiser, SamplerState};
 use minisora::dit::Dit;
+use minisora::ops::on_cpu_pool;
 use minisora::patch::{patchify, unpatchify, PatchSize, Remainder};
 use minisora::preset::preset;
 use minisora::rng::Rng;
@@ -39,7 +40,13 @@ fn bench_step(c: &mut Criterion) {
         let keep = Tensor::ones((2, cfg.context_len), DType::F32, &Device::Cpu).unwrap();
         group.throughput(Throughput::Elements(2 * tokens as u64));
         group.bench_function(format!("{name} {tokens} tokens x2"), |b| {
-            b.iter(|| dit.forward(&x, &t, &context, &pooled, &keep).unwrap())
+            // on the threads `minisora bench` and `generate` run a step on
+            b.iter(|| {
+                on_cpu_pool(&Device::Cpu, || {
+                    dit.forward(&x, &t, &context, &pooled, &keep)
+                })
+                .unwrap()
+            })
         });
     }
     group.finish();
@@ -75,7 +82,9 @@ fn bench_decode(c: &mut Criterion) {
     let mut group = c.benchmark_group("vae");
     group.throughput(Throughput::Elements(16));
     group.sample_size(20);
-    group.bench_function("decode 16x32x32", |b| b.iter(|| vae.decode(&z).unwrap()));
+    group.bench_function("decode 16x32x32", |b| {
+        b.iter(|| on_cpu_pool(&Device::Cpu, || vae.decode(&z)).unwrap())
+    });
     group.finish();
 }
 

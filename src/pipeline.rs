@@ -142,6 +142,21 @@ pub fn generate_from(
     init: Option<&Init>,
     device: &Device,
 ) -> Result<Generated> {
+    crate::ops::on_cpu_pool(device, || {
+        sample_and_decode(model, meta, vae, prompt, options, init, device)
+    })
+}
+
+/// [`generate_from`]'s work, on whatever threads it is called from.
+fn sample_and_decode(
+    model: &TextToVideo,
+    meta: &DitMeta,
+    vae: &VaeCheckpoint,
+    prompt: &str,
+    options: &SampleOptions,
+    init: Option<&Init>,
+    device: &Device,
+) -> Result<Generated> {
     let sampler = sampler(&options.sampler)?;
     if options.steps == 0 {
         crate::invalid!("--steps must be at least 1");

@@ -476,14 +476,20 @@ fn long_sequence_check(
     Ok(())
 }
 
-/// Median milliseconds of `f` over `repeat` runs after one warm-up.
-fn time_ms(device: &Device, repeat: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?;
+/// Median milliseconds of `f` over `repeat` runs after one warm-up, each
+/// run on the threads a step's ops run on ([`crate::ops::on_cpu_pool`]).
+fn time_ms(
+    device: &Device,
+    repeat: usize,
+    mut f: impl FnMut() -> Result<()> + Send,
+) -> Result<f64> {
+    let mut run = || crate::ops::on_cpu_pool(device, &mut f);
+    run()?;
     synchronize(device)?;
     let mut times = Vec::with_capacity(repeat);
     for _ in 0..repeat.max(1) {
         let t0 = Instant::now();
-        f()?;
+        run()?;
         synchronize(device)?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
@@ -634,7 +640,7 @@ pub fn block_breakdown(
     let qseg = Tensor::ones((b, n), DType::U32, device)?;
     let kseg = Tensor::ones((b, l), DType::U32, device)?;
 
-    type Op<'a> = (String, usize, Box<dyn Fn() -> Result<Tensor> + 'a>);
+    type Op<'a> = (String, usize, Box<dyn Fn() -> Result<Tensor> + Sync + 'a>);
     let ops: Vec<Op> = vec![
         (
             "norm_modulate (LayerNorm + shift, scale)".into(),

@@ -71,12 +71,14 @@ pub fn matmul_peak(device: &Device, dtype: DType, size: usize, repeat: usize) ->
     let mut rng = Rng::new(1);
     let a = randn(&mut rng, &[size, size], device)?.to_dtype(dtype)?;
     let b = randn(&mut rng, &[size, size], device)?.to_dtype(dtype)?;
-    a.matmul(&b)?;
+    // on the same threads as a step's matmuls (bench_step)
+    let product = || crate::ops::on_cpu_pool(device, || a.matmul(&b));
+    product()?;
     synchronize(device)?;
     let mut times = Vec::with_capacity(repeat);
     for _ in 0..repeat.max(1) {
         let t0 = Instant::now();
-        let c = a.matmul(&b)?;
+        let c = product()?;
         synchronize(device)?;
         times.push(t0.elapsed().as_secs_f64());
         drop(c);
@@ -230,7 +232,9 @@ pub fn bench_step(case: &StepCase, device: &Device, matmul_peak_gflops: f64) -> 
         randn(&mut rng, &[b, cfg.context_len, cfg.context_dim], device)?.to_dtype(case.dtype)?;
     let pooled = randn(&mut rng, &[b, cfg.context_dim], device)?.to_dtype(case.dtype)?;
     let keep = Tensor::ones((b, cfg.context_len), case.dtype, device)?;
-    let step = || -> Result<Tensor> { dit.forward(&x, &t, &context, &pooled, &keep) };
+    let step = || -> Result<Tensor> {
+        crate::ops::on_cpu_pool(device, || dit.forward(&x, &t, &context, &pooled, &keep))
+    };
     for _ in 0..case.warmup {
         step()?;
     }

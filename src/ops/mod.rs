@@ -25,6 +25,25 @@ pub use fused::{
 pub use gather::{gather_neighbours, gather_neighbours_reference};
 pub use linear::{fused_linear, linear, linear_fused, linear_reference, set_fused_linear};
 
+/// Runs `f` with candle's CPU thread pool installed, this thread's work
+/// included, when `device` is the CPU and candle uses more than one thread
+/// (else runs `f` as it is). Inside it the matrix multiplies (gemm on rayon)
+/// and the element-wise ops (candle's other pool, which minisora's candle
+/// patch sends to the calling rayon pool: `third_party/README.md`) share
+/// one thread per core. Outside it the caller sleeps through each matmul
+/// while two rayon workers run it, and a worker of candle's element-wise
+/// pool spins between ops on a core the matmul wants.
+/// `MINISORA_SPLIT_POOLS=1` runs `f` as it is, to compare.
+pub fn on_cpu_pool<R: Send>(device: &candle_core::Device, f: impl FnOnce() -> R + Send) -> R {
+    static SPLIT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let split = *SPLIT.get_or_init(|| std::env::var_os("MINISORA_SPLIT_POOLS").is_some());
+    if device.is_cpu() && !split && candle_core::utils::get_num_threads() > 1 {
+        device.with_context(f)
+    } else {
+        f()
+    }
+}
+
 /// Whether `MINISORA_REFERENCE_OPS` asks for the reference path of every op
 /// (to compare whole runs). Read once: this runs for every op of every step.
 pub(crate) fn reference_only() -> bool {

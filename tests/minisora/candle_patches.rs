@@ -1,7 +1,7 @@
 //! The vendored candle-core's patches (third_party/README.md) against
-//! results computed by hand: sums over runs of leading or middle dims, and
+//! results computed by hand: sums over runs of leading or middle dims,
 //! gradients through nodes with one consumer, several consumers, and
-//! subtraction.
+//! subtraction, and element-wise ops split over the caller's rayon pool.
 
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -95,4 +95,40 @@ fn gradients_through_single_and_shared_consumers() {
         .unwrap()
         .iter()
         .all(|&g| g == 2.0));
+}
+
+#[test]
+fn element_wise_ops_on_the_callers_rayon_pool_cover_every_value_once() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let hits: Vec<AtomicU32> = (0..10_007).map(|_| AtomicU32::new(0)).collect();
+    Device::Cpu.with_context(|| {
+        candle_core::utils::barrier_pool().execute_chunked(hits.len(), |range| {
+            for i in range {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    });
+    assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+
+    // above candle's parallel threshold (64 Ki values): outside the pool
+    // candle's own workers split the op, inside it the rayon pool does
+    let n = 300_001;
+    let (a, b) = (values(n), values(n + 7)[7..].to_vec());
+    let x = Tensor::from_vec(a.clone(), n, &Device::Cpu).unwrap();
+    let y = Tensor::from_vec(b.clone(), n, &Device::Cpu).unwrap();
+    let op = || {
+        ((&x * &y).unwrap() + 1.0)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let by_hand: Vec<f32> = a
+        .iter()
+        .zip(&b)
+        .map(|(a, b)| (a * b + 1.0).powi(2))
+        .collect();
+    assert_eq!(op(), by_hand);
+    assert_eq!(Device::Cpu.with_context(op), by_hand);
 }
