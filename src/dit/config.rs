@@ -227,6 +227,16 @@ mod tests {
     }
 
     #[test]
+    fn a_config_with_a_zero_patch_size_is_refused_on_read() {
+        let mut json = serde_json::to_value(tiny()).unwrap();
+        json["patch"]["h"] = serde_json::json!(0);
+        let err = serde_json::from_value::<DitConfig>(json)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("patch size must be at least 1"), "{err}");
+    }
+
+    #[test]
     fn flops_match_a_hand_count() {
         // N = 4 tokens, batch 1: self QK^T and AV 2*4*8*4 each = 256 + 256,
         // cross with L = 3: 2*4*8*3 each = 192 + 192 -> 896

@@ -27,12 +27,31 @@ pub use pack::{pack, Packed, PackedClip};
 
 use crate::{invalid, Result};
 
-/// Patch size along time, height and width.
+/// Patch size along time, height and width. Read from JSON (a checkpoint's
+/// `config.json`) through [`PatchSize::new`], so a zero size is refused on
+/// load instead of dividing by zero later.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "PatchFields")]
 pub struct PatchSize {
     pub t: usize,
     pub h: usize,
     pub w: usize,
+}
+
+/// [`PatchSize`]'s fields as stored, before [`PatchSize::new`] checks them.
+#[derive(serde::Deserialize)]
+struct PatchFields {
+    t: usize,
+    h: usize,
+    w: usize,
+}
+
+impl TryFrom<PatchFields> for PatchSize {
+    type Error = String;
+
+    fn try_from(p: PatchFields) -> std::result::Result<Self, String> {
+        PatchSize::new(p.t, p.h, p.w).map_err(|e| e.to_string())
+    }
 }
 
 impl PatchSize {
