@@ -143,89 +143,76 @@ pub fn generate_from(
     device: &Device,
 ) -> Result<Generated> {
     crate::ops::on_cpu_pool(device, || {
-        sample_and_decode(model, meta, vae, prompt, options, init, device)
-    })
-}
-
-/// [`generate_from`]'s work, on whatever threads it is called from.
-fn sample_and_decode(
-    model: &TextToVideo,
-    meta: &DitMeta,
-    vae: &VaeCheckpoint,
-    prompt: &str,
-    options: &SampleOptions,
-    init: Option<&Init>,
-    device: &Device,
-) -> Result<Generated> {
-    let sampler = sampler(&options.sampler)?;
-    if options.steps == 0 {
-        crate::invalid!("--steps must be at least 1");
-    }
-    let c = options.canvas;
-    let [lt, lh, lw] = vae.meta.vae.latent_size([c.frames, c.height, c.width])?;
-    // said in the user's units: a size must fill whole tokens, and a token
-    // spans compression x patch pixels (the default model: 16 frames, 4 x 4)
-    let (p, v) = (meta.dit.patch, &vae.meta.vae);
-    for (axis, n, latent, patch, factor) in [
-        ("--frames", c.frames, lt, p.t, v.ft),
-        ("--height", c.height, lh, p.h, v.fs),
-        ("--width", c.width, lw, p.w, v.fs),
-    ] {
-        if latent % patch != 0 {
-            let step = patch * factor;
-            crate::invalid!(
+        let sampler = sampler(&options.sampler)?;
+        if options.steps == 0 {
+            crate::invalid!("--steps must be at least 1");
+        }
+        let c = options.canvas;
+        let [lt, lh, lw] = vae.meta.vae.latent_size([c.frames, c.height, c.width])?;
+        // said in the user's units: a size must fill whole tokens, and a token
+        // spans compression x patch pixels (the default model: 16 frames, 4 x 4)
+        let (p, v) = (meta.dit.patch, &vae.meta.vae);
+        for (axis, n, latent, patch, factor) in [
+            ("--frames", c.frames, lt, p.t, v.ft),
+            ("--height", c.height, lh, p.h, v.fs),
+            ("--width", c.width, lw, p.w, v.fs),
+        ] {
+            if latent % patch != 0 {
+                let step = patch * factor;
+                crate::invalid!(
                 "{axis} {n} does not fit this model: its tokens span {step} along that axis, so use a multiple of {step} (e.g. {})",
                 (n / step).max(1) * step
             );
+            }
         }
-    }
-    let tok = &meta.tokenizer;
-    let ids = |v: Vec<u32>| Tensor::from_vec(v, (1, tok.max_len), device);
-    let guided = Guided {
-        model,
-        cond: ids(tok.encode(prompt)?)?,
-        uncond: ids(tok.null())?,
-        cfg: options.cfg,
-        last_prediction: RefCell::new(None),
-    };
-    let mut x = randn(
-        &mut Rng::new(options.seed),
-        &[1, meta.dit.latent_channels, lt, lh, lw],
-        device,
-    )?;
-    let mut state = SamplerState::default();
-    let mut predictions = Vec::with_capacity(options.steps.min(1 << 16));
-    let shift = options.shift.unwrap_or(meta.time_shift);
-    if !(shift.is_finite() && shift > 0.0) {
-        crate::invalid!("--shift must be a positive number, got {shift}");
-    }
-    let times = timesteps(options.steps, shift);
-    let mut first = 0;
-    if let Some(init) = init {
-        let s = init.strength;
-        if !(s > 0.0 && s <= 1.0) {
-            crate::invalid!("the strength must be in (0, 1], got {s}");
+        let tok = &meta.tokenizer;
+        let ids = |v: Vec<u32>| Tensor::from_vec(v, (1, tok.max_len), device);
+        let guided = Guided {
+            model,
+            cond: ids(tok.encode(prompt)?)?,
+            uncond: ids(tok.null())?,
+            cfg: options.cfg,
+            last_prediction: RefCell::new(None),
+        };
+        let mut x = randn(
+            &mut Rng::new(options.seed),
+            &[1, meta.dit.latent_channels, lt, lh, lw],
+            device,
+        )?;
+        let mut state = SamplerState::default();
+        let mut predictions = Vec::with_capacity(options.steps.min(1 << 16));
+        let shift = options.shift.unwrap_or(meta.time_shift);
+        if !(shift.is_finite() && shift > 0.0) {
+            crate::invalid!("--shift must be a positive number, got {shift}");
         }
-        if init.latent.dims() != x.dims() {
-            crate::invalid!(
+        let times = timesteps(options.steps, shift);
+        let mut first = 0;
+        if let Some(init) = init {
+            let s = init.strength;
+            if !(s > 0.0 && s <= 1.0) {
+                crate::invalid!("the strength must be in (0, 1], got {s}");
+            }
+            if init.latent.dims() != x.dims() {
+                crate::invalid!(
                 "the starting clip's latent is {:?}, this clip's is {:?}: give a clip of the same frames, height and width",
                 init.latent.dims(),
                 x.dims()
             );
+            }
+            first = options.steps - init_steps(options.steps, s);
+            let t0 = times[first];
+            x = ((init.latent.to_dtype(DType::F32)? * (1.0 - t0))? + (x * t0)?)?;
         }
-        first = options.steps - init_steps(options.steps, s);
-        let t0 = times[first];
-        x = ((init.latent.to_dtype(DType::F32)? * (1.0 - t0))? + (x * t0)?)?;
-    }
-    for w in times[first..].windows(2) {
-        x = sampler.step(&guided, &x, w[0], w[1], &mut state)?;
-        if let Some(p) = guided.last_prediction.borrow().as_ref() {
-            predictions.push(p.clone());
+        for w in times[first..].windows(2) {
+            x = sampler.step(&guided, &x, w[0], w[1], &mut state)?;
+            if let Some(p) = guided.last_prediction.borrow().as_ref() {
+                predictions.push(p.clone());
+            }
         }
-    }
-    Ok(Generated {
-        frames: decode(vae, &x)?,
-        latent: x,
-        predictions,
+        Ok(Generated {
+            frames: decode(vae, &x)?,
+            latent: x,
+            predictions,
+        })
     })
 }

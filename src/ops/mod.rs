@@ -33,11 +33,15 @@ pub use linear::{fused_linear, linear, linear_fused, linear_reference, set_fused
 /// one thread per core. Outside it the caller sleeps through each matmul
 /// while two rayon workers run it, and a worker of candle's element-wise
 /// pool spins between ops on a core the matmul wants.
-/// `MINISORA_SPLIT_POOLS=1` runs `f` as it is, to compare.
+/// `MINISORA_SPLIT_POOLS=1` runs `f` as it is, to compare. Both settings
+/// are read once, at the first call.
 pub fn on_cpu_pool<R: Send>(device: &candle_core::Device, f: impl FnOnce() -> R + Send) -> R {
-    static SPLIT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let split = *SPLIT.get_or_init(|| std::env::var_os("MINISORA_SPLIT_POOLS").is_some());
-    if device.is_cpu() && !split && candle_core::utils::get_num_threads() > 1 {
+    static POOLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let pooled = *POOLED.get_or_init(|| {
+        std::env::var_os("MINISORA_SPLIT_POOLS").is_none()
+            && candle_core::utils::get_num_threads() > 1
+    });
+    if device.is_cpu() && pooled {
         device.with_context(f)
     } else {
         f()

@@ -331,40 +331,32 @@ impl BarrierPool {
         // this pool's: the element-wise ops and the matmuls then take turns on
         // one set of threads, one per core, and no idle worker of either pool
         // spins on a core the other pool's threads are using.
-        if rayon::current_thread_index().is_some() {
-            let n_threads = rayon::current_num_threads();
-            if n_threads <= 1 {
-                f(0..n_items);
-                return;
+        let on_rayon = rayon::current_thread_index().is_some();
+        let n_threads = if on_rayon {
+            rayon::current_num_threads()
+        } else {
+            self.threads.len() + 1
+        };
+        // ~8 grabs per thread amortizes cursor contention while keeping tail imbalance small
+        let chunk = n_items.div_ceil(n_threads * 8).max(1);
+        let cursor = AtomicUsize::new(0);
+        let work = || loop {
+            let start = cursor.fetch_add(chunk, Ordering::Relaxed);
+            if start >= n_items {
+                break;
             }
-            let chunk = n_items.div_ceil(n_threads * 8).max(1);
-            let cursor = AtomicUsize::new(0);
-            let work = || loop {
-                let start = cursor.fetch_add(chunk, Ordering::Relaxed);
-                if start >= n_items {
-                    break;
-                }
-                f(start..n_items.min(start + chunk));
-            };
+            f(start..n_items.min(start + chunk));
+        };
+        if on_rayon {
             rayon::scope(|s| {
                 for _ in 1..n_threads {
                     s.spawn(|_| work());
                 }
                 work();
             });
-            return;
+        } else {
+            self.execute(|_| work());
         }
-        let n_threads = self.threads.len() + 1;
-        // ~8 grabs per thread amortizes cursor contention while keeping tail imbalance small
-        let chunk = n_items.div_ceil(n_threads * 8).max(1);
-        let cursor = AtomicUsize::new(0);
-        self.execute(|_| loop {
-            let start = cursor.fetch_add(chunk, Ordering::Relaxed);
-            if start >= n_items {
-                break;
-            }
-            f(start..n_items.min(start + chunk));
-        });
     }
 }
 
