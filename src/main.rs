@@ -93,7 +93,11 @@ enum Command {
     #[command(
         after_help = "Prompts are drawn from the grammar with seeds training never uses (or read \
         from --prompts), a clip is generated for each, and a detector written for the data contract \
-        checks every object. Example:\n  minisora eval --count 200"
+        checks every object: colour by its palette pixels, size and motion by their area and \
+        centroid path, shape by the moments of its largest blob. Examples:\n  \
+        minisora eval --count 200\n  \
+        minisora eval --count 50 --save seen/   (each clip as seen/NNN.gif, verdicts in \
+        seen/scores.jsonl)"
     )]
     Eval(EvalArgs),
 }
@@ -119,6 +123,11 @@ struct EvalArgs {
     sampling: SamplingArgs,
     #[command(flatten)]
     clip: ClipArgs,
+    /// Keep what was scored: DIR/NNN.gif for the NNNth prompt and
+    /// DIR/scores.jsonl, a line per prompt with its seed and each object's
+    /// colour, shape, size and motion verdicts
+    #[arg(long, value_name = "DIR")]
+    save: Option<PathBuf>,
     /// Print JSON
     #[arg(long)]
     json: bool,
@@ -1602,6 +1611,56 @@ fn load_model(
     Ok(minisora::train::dit::load_as(&dir, device, dtype)?)
 }
 
+/// `eval --save`: each scored clip as a GIF and a line of scores.jsonl per
+/// prompt, in prompt order (clips finish out of order, so the lines wait in
+/// memory and are written at the end).
+struct SavedClips {
+    dir: PathBuf,
+    digits: usize,
+    lines: Vec<Option<String>>,
+}
+
+impl SavedClips {
+    fn create(dir: &std::path::Path, prompts: usize) -> Result<SavedClips> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(SavedClips {
+            dir: dir.to_path_buf(),
+            digits: prompts.saturating_sub(1).to_string().len().max(3),
+            lines: vec![None; prompts],
+        })
+    }
+
+    fn add(
+        &mut self,
+        i: usize,
+        scene: &Scene,
+        frames: &minisora::video::Frames,
+        scores: &[minisora::eval::ObjectScore],
+    ) -> minisora::Result<()> {
+        let clip = format!("{i:0width$}.gif", width = self.digits);
+        let path = self.dir.join(&clip);
+        let options = minisora::video::WriteOptions::default();
+        let frames = minisora::video::upscale(&frames.view(), 4);
+        minisora::video::write(&path, &frames.view(), &options)?;
+        let line = serde_json::json!({
+            "index": i,
+            "prompt": scene.caption(),
+            "seed": minisora::eval::seed_of(i),
+            "clip": clip,
+            "pass": scores.iter().all(minisora::eval::ObjectScore::all),
+            "objects": scores,
+        });
+        self.lines[i] = Some(line.to_string());
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        let text: String = self.lines.into_iter().flatten().map(|l| l + "\n").collect();
+        let path = self.dir.join("scores.jsonl");
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
 fn eval(args: EvalArgs) -> Result<()> {
     let (device, dtype) = args.sampling.device_dtype()?;
     let (meta, model, vae) = load_model(&args.checkpoint, &device, dtype)?;
@@ -1626,6 +1685,10 @@ fn eval(args: EvalArgs) -> Result<()> {
         check_strength("--renoise", r)?;
     }
     let options = args.sampling.options(0, args.clip.canvas()?);
+    let mut saved = match &args.save {
+        Some(dir) => Some(SavedClips::create(dir, prompts.len())?),
+        None => None,
+    };
     let bar = progress_bar(prompts.len() as u64, 0)?;
     let report = minisora::eval::evaluate(
         &model,
@@ -1641,9 +1704,18 @@ fn eval(args: EvalArgs) -> Result<()> {
         } else {
             1
         },
-        |d| bar.set_position(d as u64),
+        |i, frames, scores| {
+            bar.inc(1);
+            match saved.as_mut() {
+                Some(saved) => saved.add(i, &prompts[i], frames, scores),
+                None => Ok(()),
+            }
+        },
     )?;
     bar.finish_and_clear();
+    if let Some(saved) = saved {
+        saved.finish()?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

@@ -76,7 +76,15 @@ pub fn sweep(
                 None,
                 device,
                 threads,
-                |done| progress(index, done),
+                {
+                    let mut done = 0;
+                    let progress = &mut progress;
+                    move |_, _, _| {
+                        done += 1;
+                        progress(index, done);
+                        Ok(())
+                    }
+                },
             )?;
             let seconds = started.elapsed().as_secs_f64();
             points.push(SweepPoint {

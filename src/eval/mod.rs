@@ -19,6 +19,7 @@ use crate::rng::Rng;
 use crate::train::dit::{DitMeta, TextToVideo};
 use crate::train::vae::VaeCheckpoint;
 use crate::train::HELD_OUT;
+use crate::video::Frames;
 use crate::Result;
 
 /// Per-attribute accuracy over objects and pass rates over prompts.
@@ -59,10 +60,18 @@ pub fn held_out_prompts(per_kind: usize) -> Vec<Scene> {
     out
 }
 
-/// Generates a clip per prompt (seed = its index) and scores it, on
+/// The seed of the `i`th prompt's clip in [`evaluate`] (of its noise, and
+/// of its render with `renoise`): training never draws it.
+pub fn seed_of(i: usize) -> u64 {
+    HELD_OUT + i as u64
+}
+
+/// Generates a clip per prompt (seed: [`seed_of`] its index) and scores it, on
 /// `threads` threads (each prompt's clip depends only on its index, so the
-/// report does not depend on the thread count); calls `progress(done)` as
-/// clips finish.
+/// report does not depend on the thread count); calls `scored(i, clip,
+/// scores)` on this thread as each prompt's clip is scored, in the order
+/// they finish (for progress, or to keep the clips); an error from it stops
+/// the evaluation.
 ///
 /// With `renoise: Some(s)`, each clip starts instead from the prompt's own
 /// Shapes World render (same seed) as an [`Init`] of strength `s`: only the
@@ -78,10 +87,10 @@ pub fn evaluate(
     renoise: Option<f64>,
     device: &Device,
     threads: usize,
-    mut progress: impl FnMut(usize),
+    mut scored: impl FnMut(usize, &Frames, &[ObjectScore]) -> Result<()>,
 ) -> Result<AdherenceReport> {
-    let score = |i: usize| -> Result<Vec<ObjectScore>> {
-        let seed = HELD_OUT + i as u64;
+    let score = |i: usize| -> Result<(Frames, Vec<ObjectScore>)> {
+        let seed = seed_of(i);
         let o = SampleOptions {
             seed,
             ..options.clone()
@@ -98,10 +107,12 @@ pub fn evaluate(
         };
         let caption = prompts[i].caption();
         let clip = generate_from(model, meta, vae, &caption, &o, init.as_ref(), device)?;
-        Ok(detect(&clip.frames, &prompts[i]))
+        let scores = detect(&clip.frames, &prompts[i]);
+        Ok((clip.frames, scores))
     };
     let threads = threads.clamp(1, prompts.len().max(1));
-    let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<Vec<ObjectScore>>)>();
+    type Scored = (usize, Result<(Frames, Vec<ObjectScore>)>);
+    let (tx, rx) = std::sync::mpsc::channel::<Scored>();
     let mut results: Vec<Option<Vec<ObjectScore>>> = vec![None; prompts.len()];
     std::thread::scope(|s| -> Result<()> {
         for j in 0..threads {
@@ -119,9 +130,10 @@ pub fn evaluate(
         drop(tx);
         // owned here, so that an early error drops it and the others stop
         let rx = rx;
-        for (done, (i, r)) in rx.iter().enumerate() {
-            results[i] = Some(r?);
-            progress(done + 1);
+        for (i, r) in rx.iter() {
+            let (frames, scores) = r?;
+            scored(i, &frames, &scores)?;
+            results[i] = Some(scores);
         }
         Ok(())
     })?;

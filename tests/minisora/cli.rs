@@ -482,30 +482,47 @@ fn train_dit_then_generate_end_to_end() {
             .0,
         4
     );
+    // eval of one prompt of each kind, with these options
+    let eval = |options: &[&str]| {
+        let common = ["eval", "--checkpoint", "dit/checkpoint", "--count", "1"];
+        minisora(&[&common[..], options, &size].concat(), d)
+    };
     // the renoise diagnostic of eval runs its share of the steps
-    let o = minisora(
-        &[
-            &[
-                "eval",
-                "--checkpoint",
-                "dit/checkpoint",
-                "--count",
-                "1",
-                "--steps",
-                "4",
-                "--renoise",
-                "0.5",
-            ][..],
-            &size,
-        ]
-        .concat(),
-        d,
-    );
+    let o = eval(&["--steps", "4", "--renoise", "0.5"]);
     assert!(
         o.status.success() && text(&o).contains("the last 2 steps"),
         "{}",
         text(&o)
     );
+    // eval --save keeps each scored clip and a line of verdicts per prompt
+    // that add up to the report
+    let o = eval(&["--steps", "2", "--save", "kept", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(d.join("kept/scores.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let mut objects: Vec<usize> = lines
+        .iter()
+        .map(|l| l["objects"].as_array().unwrap().len())
+        .collect();
+    objects.sort();
+    assert_eq!(objects, [1, 2]);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["index"], i);
+        assert!(d.join("kept").join(line["clip"].as_str().unwrap()).exists());
+        let all = line["objects"].as_array().unwrap().iter().all(|o| {
+            ["colour", "shape", "size", "motion"]
+                .iter()
+                .all(|a| o[a].as_bool().unwrap())
+        });
+        assert_eq!(line["pass"].as_bool().unwrap(), all);
+    }
+    let passed = lines.iter().filter(|l| l["pass"] == true).count();
+    assert_eq!(report["pass_rate"].as_f64().unwrap(), passed as f64 / 2.0);
     std::fs::write(
         d.join("prompts.txt"),
         "a red circle growing\n# a comment\n\na blue square moving up\n",
