@@ -97,7 +97,8 @@ enum Command {
         centroid path, shape by the moments of its largest blob. Examples:\n  \
         minisora eval --count 200\n  \
         minisora eval --count 50 --save seen/   (each clip as seen/NNN.gif, verdicts in \
-        seen/scores.jsonl)"
+        seen/scores.jsonl)\n  \
+        minisora eval --renders                 (the prompts' own renders: the detector's ceiling)"
     )]
     Eval(EvalArgs),
 }
@@ -119,6 +120,10 @@ struct EvalArgs {
     /// shows at which noise levels the model loses an attribute
     #[arg(long, value_name = "STRENGTH")]
     renoise: Option<f64>,
+    /// Score each prompt's own Shapes World render instead of a generated
+    /// clip (no model): the most the detector gives these prompts
+    #[arg(long, conflicts_with_all = ["checkpoint", "renoise"])]
+    renders: bool,
     #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
@@ -1663,7 +1668,10 @@ impl SavedClips {
 
 fn eval(args: EvalArgs) -> Result<()> {
     let (device, dtype) = args.sampling.device_dtype()?;
-    let (meta, model, vae) = load_model(&args.checkpoint, &device, dtype)?;
+    let loaded = match args.renders {
+        true => None,
+        false => Some(load_model(&args.checkpoint, &device, dtype)?),
+    };
     let prompts = match &args.prompts {
         Some(file) => std::fs::read_to_string(file)
             .with_context(|| format!("cannot read {}", file.display()))?
@@ -1690,28 +1698,32 @@ fn eval(args: EvalArgs) -> Result<()> {
         None => None,
     };
     let bar = progress_bar(prompts.len() as u64, 0)?;
-    let report = minisora::eval::evaluate(
-        &model,
-        &meta,
-        &vae,
-        &prompts,
-        &options,
-        args.renoise,
-        &device,
-        // one GPU: prompts one after another; the CPU: one a core
-        if device.is_cpu() {
-            minisora::train::parallel::worker_threads(prompts.len())
-        } else {
-            1
-        },
-        |i, frames, scores| {
-            bar.inc(1);
-            match saved.as_mut() {
-                Some(saved) => saved.add(i, &prompts[i], frames, scores),
-                None => Ok(()),
-            }
-        },
-    )?;
+    let scored = |i: usize, frames: &minisora::video::Frames, scores: &[_]| {
+        bar.inc(1);
+        match saved.as_mut() {
+            Some(saved) => saved.add(i, &prompts[i], frames, scores),
+            None => Ok(()),
+        }
+    };
+    // one GPU: prompts one after another; the CPU: one a core
+    let threads = match device.is_cpu() {
+        true => minisora::train::parallel::worker_threads(prompts.len()),
+        false => 1,
+    };
+    let report = match &loaded {
+        Some((meta, model, vae)) => minisora::eval::evaluate(
+            model,
+            meta,
+            vae,
+            &prompts,
+            &options,
+            args.renoise,
+            &device,
+            threads,
+            scored,
+        )?,
+        None => minisora::eval::evaluate_renders(&prompts, options.canvas, threads, scored)?,
+    };
     bar.finish_and_clear();
     if let Some(saved) = saved {
         saved.finish()?;
@@ -1720,7 +1732,14 @@ fn eval(args: EvalArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    let pct = |v: f64| format!("{:.1}%", 100.0 * v);
+    let Some((meta, _, _)) = &loaded else {
+        println!(
+            "prompts      {} ({} objects), each scored on its own Shapes World render (--renders: no model; the detector's ceiling)",
+            report.prompts, report.objects
+        );
+        print_adherence(&report);
+        return Ok(());
+    };
     println!(
         "prompts      {} ({} objects), {} steps of {}, guidance {}, shift {}",
         report.prompts,
@@ -1738,6 +1757,13 @@ fn eval(args: EvalArgs) -> Result<()> {
             minisora::pipeline::init_steps(args.sampling.steps, r)
         );
     }
+    print_adherence(&report);
+    Ok(())
+}
+
+/// The per-attribute lines of `eval`'s report.
+fn print_adherence(report: &minisora::eval::AdherenceReport) {
+    let pct = |v: f64| format!("{:.1}%", 100.0 * v);
     println!("colour       {}", pct(report.colour));
     let by_kind: Vec<String> = report
         .shape_by_kind
@@ -1762,7 +1788,6 @@ fn eval(args: EvalArgs) -> Result<()> {
             );
         }
     }
-    Ok(())
 }
 
 fn vae_roundtrip(args: VaeRoundtripArgs) -> Result<()> {

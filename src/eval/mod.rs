@@ -13,7 +13,7 @@ use serde::Serialize;
 
 pub use detector::{detect, ObjectScore};
 
-use crate::data::shapes_world::{render, Scene, Shape};
+use crate::data::shapes_world::{render, Canvas, Scene, Shape};
 use crate::pipeline::{encode, generate_from, Init, SampleOptions};
 use crate::rng::Rng;
 use crate::train::dit::{DitMeta, TextToVideo};
@@ -87,9 +87,9 @@ pub fn evaluate(
     renoise: Option<f64>,
     device: &Device,
     threads: usize,
-    mut scored: impl FnMut(usize, &Frames, &[ObjectScore]) -> Result<()>,
+    scored: impl FnMut(usize, &Frames, &[ObjectScore]) -> Result<()>,
 ) -> Result<AdherenceReport> {
-    let score = |i: usize| -> Result<(Frames, Vec<ObjectScore>)> {
+    let make = |i: usize| -> Result<Frames> {
         let seed = seed_of(i);
         let o = SampleOptions {
             seed,
@@ -106,9 +106,36 @@ pub fn evaluate(
             None => None,
         };
         let caption = prompts[i].caption();
-        let clip = generate_from(model, meta, vae, &caption, &o, init.as_ref(), device)?;
-        let scores = detect(&clip.frames, &prompts[i]);
-        Ok((clip.frames, scores))
+        Ok(generate_from(model, meta, vae, &caption, &o, init.as_ref(), device)?.frames)
+    };
+    score_clips(prompts, threads, make, scored)
+}
+
+/// The detector's ceiling on these prompts: [`evaluate`] with each prompt's
+/// own Shapes World render (seed: [`seed_of`] its index) in place of a
+/// generated clip; no model.
+pub fn evaluate_renders(
+    prompts: &[Scene],
+    canvas: Canvas,
+    threads: usize,
+    scored: impl FnMut(usize, &Frames, &[ObjectScore]) -> Result<()>,
+) -> Result<AdherenceReport> {
+    let make = |i: usize| Ok(render(&prompts[i], canvas, seed_of(i))?.frames);
+    score_clips(prompts, threads, make, scored)
+}
+
+/// Makes the clip of each prompt with `make(i)` on `threads` threads,
+/// scores it and tallies the scores; `scored` as in [`evaluate`].
+fn score_clips(
+    prompts: &[Scene],
+    threads: usize,
+    make: impl Fn(usize) -> Result<Frames> + Sync,
+    mut scored: impl FnMut(usize, &Frames, &[ObjectScore]) -> Result<()>,
+) -> Result<AdherenceReport> {
+    let score = |i: usize| -> Result<(Frames, Vec<ObjectScore>)> {
+        let frames = make(i)?;
+        let scores = detect(&frames, &prompts[i]);
+        Ok((frames, scores))
     };
     let threads = threads.clamp(1, prompts.len().max(1));
     type Scored = (usize, Result<(Frames, Vec<ObjectScore>)>);

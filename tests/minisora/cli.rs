@@ -30,6 +30,23 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// `eval --renders` needs no model: it scores each prompt's own render,
+/// which the detector reads right (colour and motion on every render of
+/// these prompts); a checkpoint beside it is refused.
+#[test]
+fn eval_renders_scores_the_prompts_own_renders_without_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = minisora(&["eval", "--renders", "--count", "5", "--json"], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["prompts"], 10);
+    assert_eq!(report["objects"], 15);
+    assert_eq!(report["colour"], 1.0);
+    assert_eq!(report["motion"], 1.0);
+    let o = minisora(&["eval", "--renders", "--checkpoint", "m"], dir.path());
+    assert!(!o.status.success() && text(&o).contains("--checkpoint"));
+}
+
 #[test]
 fn render_writes_each_format() {
     let dir = tempfile::tempdir().unwrap();
