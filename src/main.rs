@@ -128,8 +128,8 @@ struct EvalArgs {
     sampling: SamplingArgs,
     #[command(flatten)]
     clip: ClipArgs,
-    /// Keep what was scored: DIR/NNN.gif for the NNNth prompt and
-    /// DIR/scores.jsonl, a line per prompt with its seed and each object's
+    /// Keep what was scored: DIR/NNN.gif for the NNNth prompt (at --fps,
+    /// scaled up to 256 pixels on the short side) and DIR/scores.jsonl, a line per prompt with its seed and each object's
     /// colour, shape, size and motion verdicts
     #[arg(long, value_name = "DIR")]
     save: Option<PathBuf>,
@@ -1621,16 +1621,16 @@ fn load_model(
 /// memory and are written at the end).
 struct SavedClips {
     dir: PathBuf,
-    digits: usize,
+    write: WriteOptions,
     lines: Vec<Option<String>>,
 }
 
 impl SavedClips {
-    fn create(dir: &std::path::Path, prompts: usize) -> Result<SavedClips> {
+    fn create(dir: &std::path::Path, prompts: usize, write: WriteOptions) -> Result<SavedClips> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(SavedClips {
             dir: dir.to_path_buf(),
-            digits: prompts.saturating_sub(1).to_string().len().max(3),
+            write,
             lines: vec![None; prompts],
         })
     }
@@ -1642,11 +1642,9 @@ impl SavedClips {
         frames: &minisora::video::Frames,
         scores: &[minisora::eval::ObjectScore],
     ) -> minisora::Result<()> {
-        let clip = format!("{i:0width$}.gif", width = self.digits);
-        let path = self.dir.join(&clip);
-        let options = minisora::video::WriteOptions::default();
-        let frames = minisora::video::upscale(&frames.view(), 4);
-        minisora::video::write(&path, &frames.view(), &options)?;
+        // named as generate --prompts names its clips
+        let clip = format!("{i:03}.gif");
+        minisora::video::write(&self.dir.join(&clip), &frames.view(), &self.write)?;
         let line = serde_json::json!({
             "index": i,
             "prompt": scene.caption(),
@@ -1694,7 +1692,14 @@ fn eval(args: EvalArgs) -> Result<()> {
     }
     let options = args.sampling.options(0, args.clip.canvas()?);
     let mut saved = match &args.save {
-        Some(dir) => Some(SavedClips::create(dir, prompts.len())?),
+        Some(dir) => {
+            let (h, w) = (options.canvas.height, options.canvas.width);
+            let write = WriteOptions {
+                fps: args.clip.fps,
+                scale: auto_scale(None, h, w),
+            };
+            Some(SavedClips::create(dir, prompts.len(), write)?)
+        }
         None => None,
     };
     let bar = progress_bar(prompts.len() as u64, 0)?;
