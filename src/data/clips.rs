@@ -123,9 +123,15 @@ pub fn clip_name(i: usize) -> String {
 
 /// Caption and render seed of item `i` of a set seeded with `seed`: item `i`
 /// has its own stream, so sets of different counts agree on shared items.
-pub fn shapes_world_item(seed: u64, i: usize) -> (Scene, u64) {
+/// `two_objects` is the share of two-object captions; `None` draws them as
+/// [`Scene::sample`] does (one half), which `Some(0.5)` does not reproduce
+/// bit for bit.
+pub fn shapes_world_item(seed: u64, i: usize, two_objects: Option<f64>) -> (Scene, u64) {
     let mut rng = Rng::derive(seed, i as u64);
-    let scene = Scene::sample(&mut rng);
+    let scene = match two_objects {
+        None => Scene::sample(&mut rng),
+        Some(two) => Scene::sample_with_two(&mut rng, two),
+    };
     (scene, rng.next_u64())
 }
 
@@ -194,7 +200,7 @@ impl ShapesWorldSet {
             let caption_path = dir.join(format!("{}.txt", clip_name(i)));
             let video_path = self.video_path(dir, i);
             if !(caption_path.exists() && video_path.exists()) {
-                let (scene, render_seed) = shapes_world_item(self.seed, i);
+                let (scene, render_seed) = shapes_world_item(self.seed, i, None);
                 let clip = shapes_world::render(&scene, canvas, render_seed)?;
                 video::write(&video_path, &clip.frames.view(), &options)?;
                 let caption = scene.caption() + "\n";

@@ -316,7 +316,7 @@ pub fn train(
             job.dit.latent_channels
         );
     }
-    let data = super::data_source(&run.data, canvas, run.seed)?;
+    let data = super::data_source(&run.data, canvas, run.seed, run.two_objects)?;
     let init = job.init.map(|dir| init_meta(dir, job)).transpose()?;
     let tokenizer = run_tokenizer(&data, init.as_ref(), job.text.max_len)?;
     tokenizer.validate()?;

@@ -54,8 +54,13 @@ pub fn randn(rng: &mut Rng, shape: &[usize], device: &Device) -> Result<Tensor> 
 #[derive(Clone, Debug)]
 pub enum DataSource {
     /// Shapes World clips rendered on the fly; clip `i` of step `s` is stream
-    /// `s * batch + i` of `seed`.
-    Shapes { canvas: Canvas, seed: u64 },
+    /// `s * batch + i` of `seed`; `two_objects` is the share of two-object
+    /// captions (`None`: the grammar's even draw).
+    Shapes {
+        canvas: Canvas,
+        seed: u64,
+        two_objects: Option<f64>,
+    },
     /// A folder of captioned clips (see [`crate::data::clips`]), each resized
     /// to the canvas and cut to its frame count.
     Folder {
@@ -66,10 +71,23 @@ pub enum DataSource {
     },
 }
 
-/// What `--data` says: `shapes`, or a folder.
-pub fn data_source(spec: &str, canvas: Canvas, seed: u64) -> Result<DataSource> {
+/// What `--data` says: `shapes`, or a folder. `two_objects` (the share of
+/// two-object captions) applies to Shapes World only.
+pub fn data_source(
+    spec: &str,
+    canvas: Canvas,
+    seed: u64,
+    two_objects: Option<f64>,
+) -> Result<DataSource> {
     if spec == "shapes" {
-        return Ok(DataSource::Shapes { canvas, seed });
+        return Ok(DataSource::Shapes {
+            canvas,
+            seed,
+            two_objects,
+        });
+    }
+    if two_objects.is_some() {
+        invalid!("a share of two-object captions applies to Shapes World (--data shapes), not to the clip folder \"{spec}\"");
     }
     let dir = PathBuf::from(spec);
     if !dir.is_dir() {
@@ -126,8 +144,12 @@ impl DataSource {
     /// Clip `id` as frames `(T, H, W, 3)` and its caption.
     pub fn clip(&self, id: u64) -> Result<(video::Frames, String)> {
         match self {
-            DataSource::Shapes { canvas, seed } => {
-                let (scene, render_seed) = shapes_world_item(*seed, id as usize);
+            DataSource::Shapes {
+                canvas,
+                seed,
+                two_objects,
+            } => {
+                let (scene, render_seed) = shapes_world_item(*seed, id as usize, *two_objects);
                 Ok((
                     render(&scene, *canvas, render_seed)?.frames,
                     scene.caption(),
@@ -226,6 +248,11 @@ pub struct RunConfig {
     /// checkpoint's `model.safetensors` holds (0: the weights themselves).
     #[serde(default)]
     pub ema_decay: f64,
+    /// Share of two-object captions in Shapes World training data (`None`:
+    /// one half, drawn as the grammar's sampler draws it; runs from before it
+    /// existed used that).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub two_objects: Option<f64>,
 }
 
 fn one_shard() -> usize {
@@ -244,6 +271,11 @@ impl RunConfig {
         }
         if !(0.0..1.0).contains(&self.ema_decay) {
             invalid!("the EMA decay must be in [0, 1), got {}", self.ema_decay);
+        }
+        if let Some(two) = self.two_objects {
+            if !(0.0..=1.0).contains(&two) {
+                invalid!("the share of two-object captions must be in [0, 1], got {two}");
+            }
         }
         if self.shards == 0 || self.batch % self.shards != 0 {
             invalid!(
@@ -352,6 +384,7 @@ pub fn seeded_init(varmap: &candle_nn::VarMap, seed: u64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::shapes_world::Scene;
 
     #[test]
     fn gaussian_noise_has_unit_moments_and_repeats() {
@@ -363,6 +396,46 @@ mod tests {
             mean.abs() < 0.03 && (var - 1.0).abs() < 0.03,
             "{mean} {var}"
         );
+    }
+
+    #[test]
+    fn shapes_data_keeps_its_two_object_share_and_folders_refuse_one() {
+        let canvas = Canvas::new(4, 16, 16).unwrap();
+        let captions = |two: Option<f64>| -> Vec<String> {
+            let data = data_source("shapes", canvas, 3, two).unwrap();
+            let (clips, captions) = data.rows(2, 12, 0, 12, &Device::Cpu).unwrap();
+            assert_eq!(clips.dims(), &[12, 3, 4, 16, 16]);
+            captions
+        };
+        assert!(captions(Some(1.0)).iter().all(|c| c.contains(" and ")));
+        assert!(captions(Some(0.0)).iter().all(|c| !c.contains(" and ")));
+        // no share: the grammar's own draw, as runs before the option drew it
+        let even: Vec<String> = (0..12)
+            .map(|i| Scene::sample(&mut Rng::derive(3, 2 * 12 + i)).caption())
+            .collect();
+        assert_eq!(captions(None), even);
+        let dir = tempfile::tempdir().unwrap();
+        let spec = dir.path().to_string_lossy();
+        let err = data_source(&spec, canvas, 0, Some(0.5)).unwrap_err();
+        assert!(err.to_string().contains("Shapes World"), "{err}");
+        let run = RunConfig {
+            steps: 1,
+            batch: 2,
+            lr: 1e-3,
+            warmup: 0,
+            lr_floor: 0.1,
+            seed: 0,
+            data: "shapes".into(),
+            frames: 4,
+            height: 16,
+            width: 16,
+            checkpoint_every: 1,
+            shards: 1,
+            ema_decay: 0.0,
+            two_objects: Some(1.5),
+        };
+        let err = run.validate().unwrap_err();
+        assert!(err.to_string().contains("two-object"), "{err}");
     }
 
     #[test]

@@ -177,7 +177,7 @@ pub fn train(
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let ckpt_dir = out.join("checkpoint");
     checkpoint::recover(&ckpt_dir)?;
-    let data = super::data_source(&run.data, canvas, run.seed)?;
+    let data = super::data_source(&run.data, canvas, run.seed, run.two_objects)?;
     let (vae, varmap, mut opt, start, mut ema) = if resume {
         let ckpt =
             load(&ckpt_dir, device).map_err(|e| Error::Invalid(format!("cannot resume: {e}")))?;

@@ -418,6 +418,28 @@ fn train_dit_then_generate_end_to_end() {
         "{}",
         text(&o)
     );
+    // Shapes World data: the shipped model's share of two-object captions,
+    // unless asked otherwise; a run from before the option (none recorded)
+    // resumes with the grammar's even draw it began with
+    let config_path = d.join("dit/checkpoint/config.json");
+    let read = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap()
+    };
+    assert_eq!(read()["run"]["two_objects"], 0.65);
+    let mut older = read();
+    older["run"].as_object_mut().unwrap().remove("two_objects");
+    std::fs::write(&config_path, older.to_string()).unwrap();
+    let mut more = train.clone();
+    let steps = more.iter().position(|&a| a == "--steps").unwrap() + 1;
+    more[steps] = "3";
+    more.push("--resume");
+    let o = minisora(&more, d);
+    assert!(
+        o.status.success() && text(&o).contains("step 3 of 3"),
+        "{}",
+        text(&o)
+    );
+    assert!(read()["run"].get("two_objects").is_none());
     let gen = [
         &[
             "generate",
@@ -835,12 +857,22 @@ fn train_model_trains_both_stages_and_resumes_by_skipping_finished_ones() {
         "2",
         "--dit-batch",
         "2",
+        "--dit-two-objects",
+        "1",
         "--out",
         "m",
     ];
     let o = minisora(&train, d);
     let out = text(&o);
     assert!(o.status.success(), "{out}");
+    // the DiT stage's share of two-object captions is recorded with its run;
+    // the autoencoder's data keeps the grammar's even draw
+    let config = |stage: &str| -> serde_json::Value {
+        let path = d.join(format!("m/{stage}/checkpoint/config.json"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    assert_eq!(config("dit")["run"]["two_objects"], 1.0);
+    assert!(config("vae")["run"].get("two_objects").is_none());
     assert!(
         out.contains("autoencoder: step 0 of 2") && out.contains("text encoder + DiT: step 0 of 2"),
         "{out}"
@@ -883,6 +915,16 @@ fn train_model_trains_both_stages_and_resumes_by_skipping_finished_ones() {
         d,
     );
     assert!(o.status.success(), "{}", text(&o));
+    // a share outside [0, 1] is refused before any stage begins
+    let o = minisora(
+        &["train", "model", "--dit-two-objects", "1.5", "--out", "bad"],
+        d,
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("two-object") && !d.join("bad").exists(),
+        "{}",
+        text(&o)
+    );
     // the benchmark presets are refused with a reason
     let o = minisora(&["train", "model", "--preset", "XL", "--out", "x"], d);
     assert!(

@@ -19,7 +19,7 @@ fn written_sets_list_back_with_parseable_captions_and_matching_clips() {
     );
     for (i, e) in entries.iter().enumerate() {
         let scene = Scene::parse(&e.caption).unwrap();
-        let (want_scene, seed) = clips::shapes_world_item(11, i);
+        let (want_scene, seed) = clips::shapes_world_item(11, i, None);
         assert_eq!(scene, want_scene);
         let frames = video::read(&e.video, &ReadOptions::default()).unwrap();
         assert_eq!(frames, render(&scene, canvas, seed).unwrap().frames);

@@ -30,6 +30,7 @@ fn run(steps: u64, data: &Path, batch: usize, lr: f64) -> RunConfig {
         checkpoint_every: 1000,
         shards: 1,
         ema_decay: 0.9,
+        two_objects: None,
     }
 }
 

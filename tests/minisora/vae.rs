@@ -143,6 +143,7 @@ fn run(steps: u64, data: &str) -> RunConfig {
         checkpoint_every: 100,
         shards: 2,
         ema_decay: 0.5,
+        two_objects: None,
     }
 }
 

@@ -187,6 +187,18 @@ impl Scene {
     /// shape and motion uniform; two objects never share a colour.
     pub fn sample(rng: &mut Rng) -> Scene {
         let count = 1 + rng.below(2);
+        Scene::sample_objects(rng, count)
+    }
+
+    /// A caption drawn as [`Scene::sample`] draws one, but with two objects
+    /// with probability `two` (in `[0, 1]`) instead of one half: a training
+    /// mix that shows the harder two-object scenes more often.
+    pub fn sample_with_two(rng: &mut Rng, two: f64) -> Scene {
+        let count = if rng.uniform() < two { 2 } else { 1 };
+        Scene::sample_objects(rng, count)
+    }
+
+    fn sample_objects(rng: &mut Rng, count: usize) -> Scene {
         let mut objects: Vec<Object> = Vec::with_capacity(count);
         for _ in 0..count {
             let taken: Vec<Color> = objects.iter().map(|o| o.color).collect();
@@ -221,5 +233,26 @@ mod tests {
         assert!(counts.iter().all(|&c| c > 900), "{counts:?}");
         assert_eq!(motions.len(), Motion::ALL.len());
         assert_eq!(sizes.len(), 3);
+    }
+
+    #[test]
+    fn a_share_of_two_object_scenes_is_kept() {
+        let twos = |share: f64| -> usize {
+            let mut rng = Rng::new(8);
+            (0..2000)
+                .map(|_| Scene::sample_with_two(&mut rng, share))
+                .inspect(|scene| {
+                    if let [a, b] = scene.objects[..] {
+                        assert_ne!(a.color, b.color);
+                    }
+                })
+                .filter(|scene| scene.objects.len() == 2)
+                .count()
+        };
+        assert_eq!(twos(0.0), 0);
+        assert_eq!(twos(1.0), 2000);
+        // 0.65 of 2000: standard deviation 21
+        let mixed = twos(0.65);
+        assert!((1230..=1370).contains(&mixed), "{mixed}");
     }
 }
