@@ -467,8 +467,9 @@ struct TrainModelArgs {
     /// preset's choice (see train dit --local-mix)
     #[arg(long, value_name = "true|false")]
     dit_local_mix: Option<bool>,
-    /// Share of two-object captions in the DiT stage's clips, in [0, 1]
-    /// (see train dit --two-objects) [default: 0.65, the shipped model's]
+    /// Share of two-object captions in the DiT stage's clips, in [0, 1];
+    /// 0.5 is the grammar's own draw (see train dit --two-objects) [default:
+    /// 0.65, the shipped model's]
     #[arg(long, value_name = "SHARE")]
     dit_two_objects: Option<f64>,
     /// Channels of the latent (the autoencoder's output and the DiT's
@@ -551,8 +552,8 @@ struct TrainDitArgs {
     #[arg(long, default_value_t = 0.999)]
     ema: f64,
     /// Share of two-object captions in the Shapes World clips trained on,
-    /// in [0, 1] (the grammar's own draw is one half) [default: 0.65, the
-    /// shipped model's; resuming, the run's own]
+    /// in [0, 1]; 0.5 is the grammar's own draw, as runs before this option
+    /// made [default: 0.65, the shipped model's; resuming, the run's own]
     #[arg(long, value_name = "SHARE")]
     two_objects: Option<f64>,
     /// Seed of the data order, initial weights and noise

@@ -123,14 +123,14 @@ pub fn clip_name(i: usize) -> String {
 
 /// Caption and render seed of item `i` of a set seeded with `seed`: item `i`
 /// has its own stream, so sets of different counts agree on shared items.
-/// `two_objects` is the share of two-object captions; `None` draws them as
-/// [`Scene::sample`] does (one half), which `Some(0.5)` does not reproduce
-/// bit for bit.
+/// `two_objects` is the share of two-object captions; `None` and `Some(0.5)`
+/// both draw as [`Scene::sample`] does, so that a run made before the share
+/// existed can be made again with it.
 pub fn shapes_world_item(seed: u64, i: usize, two_objects: Option<f64>) -> (Scene, u64) {
     let mut rng = Rng::derive(seed, i as u64);
     let scene = match two_objects {
-        None => Scene::sample(&mut rng),
-        Some(two) => Scene::sample_with_two(&mut rng, two),
+        Some(two) if two != 0.5 => Scene::sample_with_two(&mut rng, two),
+        _ => Scene::sample(&mut rng),
     };
     (scene, rng.next_u64())
 }

@@ -409,11 +409,13 @@ mod tests {
         };
         assert!(captions(Some(1.0)).iter().all(|c| c.contains(" and ")));
         assert!(captions(Some(0.0)).iter().all(|c| !c.contains(" and ")));
-        // no share: the grammar's own draw, as runs before the option drew it
+        // no share, or one half: the grammar's own draw, as runs before the
+        // option drew it
         let even: Vec<String> = (0..12)
             .map(|i| Scene::sample(&mut Rng::derive(3, 2 * 12 + i)).caption())
             .collect();
         assert_eq!(captions(None), even);
+        assert_eq!(captions(Some(0.5)), even);
         let dir = tempfile::tempdir().unwrap();
         let spec = dir.path().to_string_lossy();
         let err = data_source(&spec, canvas, 0, Some(0.5)).unwrap_err();
