@@ -129,8 +129,9 @@ struct EvalArgs {
     #[command(flatten)]
     clip: ClipArgs,
     /// Keep what was scored: DIR/NNN.gif for the NNNth prompt (at --fps,
-    /// scaled up to 256 pixels on the short side) and DIR/scores.jsonl, a line per prompt with its seed and each object's
-    /// colour, shape, size and motion verdicts
+    /// scaled up to 256 pixels on the short side) and DIR/scores.jsonl, a
+    /// line per prompt with its seed and each object's colour, shape, size
+    /// and motion verdicts
     #[arg(long, value_name = "DIR")]
     save: Option<PathBuf>,
     /// Print JSON
@@ -960,9 +961,10 @@ fn two_objects_for(given: Option<f64>, resume: bool, run_dir: &Path, data: &str)
     }
     let config = run_dir.join("checkpoint/config.json");
     if resume && config.exists() {
-        return minisora::checkpoint::read_json::<serde_json::Value>(&config)
+        // an unreadable checkpoint is train's to report, with its path
+        return minisora::checkpoint::read_json::<minisora::train::dit::DitMeta>(&config)
             .ok()
-            .and_then(|v| v["run"]["two_objects"].as_f64());
+            .and_then(|meta| meta.run.two_objects);
     }
     (data == "shapes").then_some(DIT_TWO_OBJECTS)
 }

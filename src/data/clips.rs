@@ -128,10 +128,7 @@ pub fn clip_name(i: usize) -> String {
 /// existed can be made again with it.
 pub fn shapes_world_item(seed: u64, i: usize, two_objects: Option<f64>) -> (Scene, u64) {
     let mut rng = Rng::derive(seed, i as u64);
-    let scene = match two_objects {
-        Some(two) if two != 0.5 => Scene::sample_with_two(&mut rng, two),
-        _ => Scene::sample(&mut rng),
-    };
+    let scene = Scene::sample_with_two(&mut rng, two_objects.unwrap_or(0.5));
     (scene, rng.next_u64())
 }
 

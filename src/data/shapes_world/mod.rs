@@ -186,19 +186,22 @@ impl Scene {
     /// with equal probability; each size option (none, small, large), colour,
     /// shape and motion uniform; two objects never share a colour.
     pub fn sample(rng: &mut Rng) -> Scene {
-        let count = 1 + rng.below(2);
-        Scene::sample_objects(rng, count)
+        Scene::sample_with_two(rng, 0.5)
     }
 
     /// A caption drawn as [`Scene::sample`] draws one, but with two objects
     /// with probability `two` (in `[0, 1]`) instead of one half: a training
-    /// mix that shows the harder two-object scenes more often.
+    /// mix that shows the harder two-object scenes more often. One half
+    /// draws the count as the grammar's sampler always has, so `0.5` gives
+    /// the same captions as [`Scene::sample`], bit for bit.
     pub fn sample_with_two(rng: &mut Rng, two: f64) -> Scene {
-        let count = if rng.uniform() < two { 2 } else { 1 };
-        Scene::sample_objects(rng, count)
-    }
-
-    fn sample_objects(rng: &mut Rng, count: usize) -> Scene {
+        let count = if two == 0.5 {
+            1 + rng.below(2)
+        } else if rng.uniform() < two {
+            2
+        } else {
+            1
+        };
         let mut objects: Vec<Object> = Vec::with_capacity(count);
         for _ in 0..count {
             let taken: Vec<Color> = objects.iter().map(|o| o.color).collect();
