@@ -399,6 +399,10 @@ struct BenchExportArgs {
     /// preset's choice (see train dit --local-mix)
     #[arg(long, value_name = "true|false")]
     local_mix: Option<bool>,
+    /// Base of the RoPE frequencies, instead of the preset's (see train dit
+    /// --rope-base)
+    #[arg(long, value_name = "BASE")]
+    rope_base: Option<f64>,
     /// Folder to write
     #[arg(long)]
     out: PathBuf,
@@ -468,6 +472,13 @@ struct TrainModelArgs {
     /// preset's choice (see train dit --local-mix)
     #[arg(long, value_name = "true|false")]
     dit_local_mix: Option<bool>,
+    /// Base of the DiT's RoPE frequencies, instead of the preset's 10000
+    /// (see train dit --rope-base)
+    #[arg(long, value_name = "BASE")]
+    dit_rope_base: Option<f64>,
+    /// Transformer blocks of the caption encoder [default: 2]
+    #[arg(long, value_name = "N")]
+    dit_text_depth: Option<usize>,
     /// Share of two-object captions in the DiT stage's clips, in [0, 1];
     /// 0.5 is the grammar's own draw (see train dit --two-objects) [default:
     /// 0.65, the shipped model's]
@@ -501,7 +512,7 @@ struct TrainDitArgs {
     /// samples/model) instead of starting from random weights: its
     /// architecture, vocabulary and autoencoder are kept, and the optimiser
     /// and learning-rate schedule start afresh
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["preset", "patch", "hidden", "depth", "heads", "local_mix"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["preset", "patch", "hidden", "depth", "heads", "local_mix", "rope_base", "text_depth"])]
     init: Option<PathBuf>,
     /// DiT preset: default, S, B, L, XL [default: default]
     #[arg(long)]
@@ -522,6 +533,13 @@ struct TrainDitArgs {
     /// convolution; see DitConfig::local_mix), instead of the preset's choice
     #[arg(long, value_name = "true|false")]
     local_mix: Option<bool>,
+    /// Base of the self-attention's 3D RoPE frequencies, above 1 (see
+    /// DitConfig::rope_base), instead of the preset's 10000
+    #[arg(long, value_name = "BASE")]
+    rope_base: Option<f64>,
+    /// Transformer blocks of the caption encoder [default: 2]
+    #[arg(long, value_name = "N")]
+    text_depth: Option<usize>,
     /// Training clips: "shapes" (rendered on the fly) or a clip folder
     #[arg(long, default_value = "shapes")]
     data: String,
@@ -951,6 +969,16 @@ const DIT_STEPS: u64 = 11800;
 /// model's, where the grammar's own draw is one half (samples/model/card.md).
 const DIT_TWO_OBJECTS: f64 = 0.65;
 
+/// The caption encoder of a DiT: [`minisora::text::TextConfig::for_dit`]'s,
+/// with `depth` blocks if given.
+fn text_config(dit: &minisora::dit::DitConfig, depth: Option<usize>) -> minisora::text::TextConfig {
+    let text = minisora::text::TextConfig::for_dit(dit);
+    minisora::text::TextConfig {
+        depth: depth.unwrap_or(text.depth),
+        ..text
+    }
+}
+
 /// The share of two-object captions a DiT run in `run_dir` trains with:
 /// `given` if the command gave one; else, resuming, the share its checkpoint
 /// was started with (runs from before the option had none), so that an older
@@ -1045,9 +1073,10 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
                 depth: args.depth.unwrap_or(preset.dit.depth),
                 heads: args.heads.unwrap_or(preset.dit.heads),
                 local_mix: args.local_mix.unwrap_or(preset.dit.local_mix),
+                rope_base: args.rope_base.unwrap_or(preset.dit.rope_base),
                 ..preset.dit.clone()
             };
-            let text = minisora::text::TextConfig::for_dit(&dit);
+            let text = text_config(&dit, args.text_depth);
             (dit, text)
         }
     };
@@ -1125,6 +1154,7 @@ fn bench(args: BenchArgs) -> Result<()> {
             let grid = minisora::bench::grid_for_tokens(a.tokens)?;
             let dit = minisora::dit::DitConfig {
                 local_mix: a.local_mix.unwrap_or(preset.dit.local_mix),
+                rope_base: a.rope_base.unwrap_or(preset.dit.rope_base),
                 ..preset.dit.clone()
             };
             minisora::bench::export(&dit, grid, a.batch, &a.out)?;
@@ -1458,9 +1488,10 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
             VAE_LR_FLOOR,
             VAE_EMA,
         ),
-        text: minisora::text::TextConfig::for_dit(&preset.dit),
+        text: text_config(&preset.dit, args.dit_text_depth),
         dit: minisora::dit::DitConfig {
             local_mix: args.dit_local_mix.unwrap_or(preset.dit.local_mix),
+            rope_base: args.dit_rope_base.unwrap_or(preset.dit.rope_base),
             latent_channels,
             ..preset.dit.clone()
         },

@@ -160,15 +160,22 @@ pub fn sinusoidal(t: &Tensor, dim: usize, max_period: f64) -> Result<Tensor> {
     Ok(Tensor::cat(&[args.cos()?, args.sin()?], 1)?.to_dtype(t.dtype())?)
 }
 
+/// RoFormer's RoPE base, 10000: the default of [`rope_3d`]'s `base`.
+pub const ROPE_BASE: f64 = 10_000.0;
+
 /// Cos and sin tables of 3D rotary position embedding (RoPE, Su et al. 2021,
 /// one frequency band per axis as in Lumina-T2X / Open-Sora): the head
 /// dimension's rotation pairs are split between t, h and w, and each pair
 /// turns by its axis position times its frequency.
 ///
+/// Pair `i` of an axis with `n` pairs turns `base^(-i / n)` radians per
+/// position ([`ROPE_BASE`] is RoFormer's base).
+///
 /// Returns `(cos, sin)`, each `(N, Dh / 2)`, for integer positions `[t, h, w]`.
 pub fn rope_3d(
     positions: &[[usize; 3]],
     head_dim: usize,
+    base: f64,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
     let pairs = head_dim / 2;
@@ -179,7 +186,7 @@ pub fn rope_3d(
     for pos in positions {
         for (axis, &n) in per_axis.iter().enumerate() {
             for i in 0..n {
-                let freq = 10_000f64.powf(-((2 * i) as f64) / (2 * n) as f64);
+                let freq = base.powf(-((2 * i) as f64) / (2 * n) as f64);
                 let angle = pos[axis] as f64 * freq;
                 cos.push(angle.cos() as f32);
                 sin.push(angle.sin() as f32);
@@ -225,4 +232,29 @@ pub fn sincos_3d(positions: &[[usize; 3]], device: &Device) -> Result<Tensor> {
 /// fused op).
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     crate::ops::rope(x, cos, sin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_pairs_turn_by_position_times_powers_of_the_base() {
+        // head size 12: 6 pairs, 2 per axis; pair i of an axis turns
+        // p * base^(-i / 2) at axis position p
+        let positions = [[0, 0, 0], [1, 2, 3]];
+        for base in [ROPE_BASE, 100.0] {
+            let (cos, sin) = rope_3d(&positions, 12, base, &Device::Cpu).unwrap();
+            let (cos, sin) = (cos.to_vec2::<f32>().unwrap(), sin.to_vec2::<f32>().unwrap());
+            assert!(cos[0].iter().all(|&c| c == 1.0) && sin[0].iter().all(|&s| s == 0.0));
+            for (axis, p) in [1.0f64, 2.0, 3.0].into_iter().enumerate() {
+                for i in 0..2 {
+                    let angle = p * base.powf(-(i as f64) / 2.0);
+                    let j = 2 * axis + i;
+                    assert!((cos[1][j] as f64 - angle.cos()).abs() < 1e-6, "{base} {j}");
+                    assert!((sin[1][j] as f64 - angle.sin()).abs() < 1e-6, "{base} {j}");
+                }
+            }
+        }
+    }
 }

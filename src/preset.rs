@@ -68,11 +68,12 @@ fn dit(hidden: usize, depth: usize, heads: usize, context_dim: usize) -> DitConf
         heads,
         mlp_ratio: 4,
         context_dim,
-        // the longest Shapes World caption has 15 words
+        // the longest Shapes World caption has 13 words
         context_len: 16,
         freq_dim: 256,
         pos_embed: true,
         local_mix: false,
+        rope_base: crate::nn::ROPE_BASE,
     }
 }
 

@@ -66,13 +66,19 @@ def sinusoidal(t: Tensor, dim: int) -> Tensor:
     return torch.cat([args.cos(), args.sin()], dim=1)
 
 
+# RoFormer's RoPE base (nn.rs `ROPE_BASE`), what configs without `rope_base` mean
+ROPE_BASE = 10_000.0
+
+
 @functools.lru_cache(maxsize=None)
-def rope_3d(grid: Grid, head_dim: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def rope_3d(
+    grid: Grid, head_dim: int, device: torch.device, dtype: torch.dtype, base: float = ROPE_BASE
+) -> tuple[Tensor, Tensor]:
     """Cos and sin tables `(N, head_dim / 2)` of 3D RoPE for tokens ordered t, h, w (nn.rs `rope_3d`).
 
     The rotation pairs are split between the axes: t and h get a third each,
     w the rest; pair `i` of an axis with `n` pairs turns by
-    `position * 10000^(-2i / 2n)`. An angle depends only on the axis, the
+    `position * base^(-2i / 2n)`. An angle depends only on the axis, the
     position along it and the pair, so each axis gets a small table
     (computed like the Rust: f64, then f32) gathered per token.
     """
@@ -82,7 +88,7 @@ def rope_3d(grid: Grid, head_dim: int, device: torch.device, dtype: torch.dtype)
     index = [i.flatten() for i in torch.meshgrid(*(torch.arange(s) for s in grid), indexing="ij")]
     cos_parts, sin_parts = [], []
     for size, n, at in zip(grid, per_axis, index):
-        freqs = [10_000.0 ** (-float(2 * i) / float(2 * n)) for i in range(n)]
+        freqs = [base ** (-float(2 * i) / float(2 * n)) for i in range(n)]
         angles = [[float(p) * f for f in freqs] for p in range(size)]  # (size, n)
         for parts, fn in ((cos_parts, math.cos), (sin_parts, math.sin)):
             table = torch.tensor([[fn(a) for a in row] for row in angles], dtype=torch.float32)  # (size, n)
@@ -267,6 +273,7 @@ class MinisoraDiT(nn.Module):
         self.patch: Grid = (p["t"], p["h"], p["w"])
         self.channels: int = config["latent_channels"]
         self.head_dim = d // heads
+        self.rope_base: float = config.get("rope_base", ROPE_BASE)
         self.freq_dim: int = config["freq_dim"]
         token_dim = self.channels * math.prod(self.patch)
         e = config["context_dim"]
@@ -306,7 +313,7 @@ class MinisoraDiT(nn.Module):
         tokens, grid = patchify(x, self.patch)  # (B, N, P)
         cond = self.condition(t, pooled).unsqueeze(1)  # (B, 1, D)
         context_bias = ((keep - 1.0) * MASK_SCALE).reshape(b, 1, 1, keep.shape[1])  # (B, 1, 1, L)
-        cos, sin = rope_3d(grid, self.head_dim, x.device, x.dtype)  # (N, Dh / 2)
+        cos, sin = rope_3d(grid, self.head_dim, x.device, x.dtype, self.rope_base)  # (N, Dh / 2)
         context = self.context_proj(context)  # (B, L, D)
         h = self.x_embed(tokens)  # (B, N, D)
         if self.pos_proj is not None:

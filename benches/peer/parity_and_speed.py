@@ -100,7 +100,8 @@ def export(args: argparse.Namespace, preset: str, tokens: int, out: Path) -> Non
     run_minisora(
         args,
         ["bench", "export", "--preset", preset, "--tokens", str(tokens), "--batch", str(args.batch),
-         "--local-mix", "true" if args.local_mix else "false", "--out", str(out)],
+         "--local-mix", "true" if args.local_mix else "false",
+         *(["--rope-base", str(args.rope_base)] if args.rope_base is not None else []), "--out", str(out)],
     )
 
 
@@ -227,6 +228,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--local-mix", action="store_true",
                         help="export the presets with the DiT's local mix (DitConfig.local_mix); "
                         "needs --parity-only, since minisora bench times the presets as they are")
+    parser.add_argument("--rope-base", type=float,
+                        help="export the presets with this RoPE base (DitConfig.rope_base); needs --parity-only")
     parser.add_argument("--work-dir", type=Path, help="keep the exports here instead of a temporary folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
@@ -236,6 +239,8 @@ def parse_args() -> argparse.Namespace:
         parser.error("--batch, --threads, --repeat and --rounds must be at least 1, --warmup at least 0")
     if args.local_mix and not args.parity_only:
         parser.error("--local-mix checks parity only: add --parity-only")
+    if args.rope_base is not None and not args.parity_only:
+        parser.error("--rope-base checks parity only: add --parity-only")
     if not args.minisora.is_file():
         parser.error(f"no minisora binary at {args.minisora} (cargo build --release, or pass --minisora)")
     if args.device == "cuda" and not torch.cuda.is_available():

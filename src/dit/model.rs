@@ -193,13 +193,8 @@ pub struct Dit {
 
 impl Dit {
     pub fn new(config: &DitConfig, vb: VarBuilder) -> Result<Self> {
+        config.validate()?;
         let (d, p, e) = (config.hidden, config.token_dim(), config.context_dim);
-        if config.heads == 0 || d == 0 || d % config.heads != 0 || (d / config.heads) % 2 != 0 {
-            invalid!(
-                "width {d} must split into {} heads of an even size (both at least 1)",
-                config.heads
-            );
-        }
         Ok(Self {
             config: config.clone(),
             x_embed: candle_nn::linear(p, d, vb.pp("x_embed"))?,
@@ -241,7 +236,12 @@ impl Dit {
             }
         }
         *cache = None;
-        let (cos, sin) = rope_3d(positions, self.config.head_dim(), device)?;
+        let (cos, sin) = rope_3d(
+            positions,
+            self.config.head_dim(),
+            self.config.rope_base,
+            device,
+        )?;
         let features = match self.pos_proj {
             Some(_) => Some(sincos_3d(positions, device)?.to_dtype(self.dtype())?),
             None => None,

@@ -285,6 +285,7 @@ pub fn train(
 ) -> Result<TrainOutcome> {
     let run = &job.run;
     run.validate()?;
+    job.dit.validate()?;
     if !(job.time_shift.is_finite() && job.time_shift > 0.0) {
         invalid!(
             "the time shift must be a positive number, got {}",

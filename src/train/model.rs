@@ -85,6 +85,7 @@ pub fn train(
     plan.vae.validate()?;
     plan.vae_run.validate()?;
     plan.dit_run.validate()?;
+    plan.dit.validate()?;
     let (vae_dir, dit_dir) = (stage_dir(out, Stage::Vae), stage_dir(out, Stage::Dit));
     if !session.resume && (vae_dir.exists() || dit_dir.exists()) {
         invalid!(

@@ -859,6 +859,10 @@ fn train_model_trains_both_stages_and_resumes_by_skipping_finished_ones() {
         "2",
         "--dit-two-objects",
         "1",
+        "--dit-rope-base",
+        "100",
+        "--dit-text-depth",
+        "3",
         "--out",
         "m",
     ];
@@ -873,6 +877,9 @@ fn train_model_trains_both_stages_and_resumes_by_skipping_finished_ones() {
     };
     assert_eq!(config("dit")["run"]["two_objects"], 1.0);
     assert!(config("vae")["run"].get("two_objects").is_none());
+    // and so are its architecture's RoPE base and caption encoder depth
+    assert_eq!(config("dit")["dit"]["rope_base"], 100.0);
+    assert_eq!(config("dit")["text"]["depth"], 3);
     assert!(
         out.contains("autoencoder: step 0 of 2") && out.contains("text encoder + DiT: step 0 of 2"),
         "{out}"
@@ -915,16 +922,19 @@ fn train_model_trains_both_stages_and_resumes_by_skipping_finished_ones() {
         d,
     );
     assert!(o.status.success(), "{}", text(&o));
-    // a share outside [0, 1] is refused before any stage begins
-    let o = minisora(
-        &["train", "model", "--dit-two-objects", "1.5", "--out", "bad"],
-        d,
-    );
-    assert!(
-        !o.status.success() && text(&o).contains("two-object") && !d.join("bad").exists(),
-        "{}",
-        text(&o)
-    );
+    // a share outside [0, 1], or a RoPE base that does not turn, is refused
+    // before any stage begins
+    for (flag, value, reason) in [
+        ("--dit-two-objects", "1.5", "two-object"),
+        ("--dit-rope-base", "1", "RoPE base"),
+    ] {
+        let o = minisora(&["train", "model", flag, value, "--out", "bad"], d);
+        assert!(
+            !o.status.success() && text(&o).contains(reason) && !d.join("bad").exists(),
+            "{}",
+            text(&o)
+        );
+    }
     // the benchmark presets are refused with a reason
     let o = minisora(&["train", "model", "--preset", "XL", "--out", "x"], d);
     assert!(

@@ -25,6 +25,7 @@ fn tiny() -> DitConfig {
         freq_dim: 32,
         pos_embed: true,
         local_mix: false,
+        rope_base: minisora::nn::ROPE_BASE,
     }
 }
 

@@ -76,6 +76,7 @@ fn job<'a>(vae_dir: &'a Path, run: RunConfig) -> DitJob<'a> {
             freq_dim: 32,
             pos_embed: true,
             local_mix: true,
+            rope_base: minisora::nn::ROPE_BASE,
         },
         text: TextConfig {
             vocab_size: 0,

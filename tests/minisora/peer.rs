@@ -26,9 +26,9 @@ fn the_pytorch_peer_reproduces_a_denoising_step() {
         return;
     };
     // two presets' shapes, the default's tokens (8x1x1 latent cells) and the
-    // tiny one's; then both again with the local mix; the script exits 1 on
-    // a parity miss and 2 on any other failure
-    for extra in [&[][..], &["--local-mix"]] {
+    // tiny one's; then both again with the local mix, and with another RoPE
+    // base; the script exits 1 on a parity miss and 2 on any other failure
+    for extra in [&[][..], &["--local-mix"], &["--rope-base", "100"]] {
         let out = Command::new(&python)
             .arg(repo.join("benches/peer/parity_and_speed.py"))
             .args(["--parity-only", "--preset", "tiny", "--preset", "default"])
