@@ -476,7 +476,8 @@ struct TrainModelArgs {
     /// (see train dit --rope-base)
     #[arg(long, value_name = "BASE")]
     dit_rope_base: Option<f64>,
-    /// Transformer blocks of the caption encoder [default: 2]
+    /// Transformer blocks of the caption encoder; 0 leaves its word and
+    /// position embeddings alone [default: 2]
     #[arg(long, value_name = "N")]
     dit_text_depth: Option<usize>,
     /// Share of two-object captions in the DiT stage's clips, in [0, 1];
@@ -537,7 +538,8 @@ struct TrainDitArgs {
     /// DitConfig::rope_base), instead of the preset's 10000
     #[arg(long, value_name = "BASE")]
     rope_base: Option<f64>,
-    /// Transformer blocks of the caption encoder [default: 2]
+    /// Transformer blocks of the caption encoder; 0 leaves its word and
+    /// position embeddings alone [default: 2]
     #[arg(long, value_name = "N")]
     text_depth: Option<usize>,
     /// Training clips: "shapes" (rendered on the fly) or a clip folder

@@ -160,7 +160,8 @@ pub fn sinusoidal(t: &Tensor, dim: usize, max_period: f64) -> Result<Tensor> {
     Ok(Tensor::cat(&[args.cos()?, args.sin()?], 1)?.to_dtype(t.dtype())?)
 }
 
-/// RoFormer's RoPE base, 10000: the default of [`rope_3d`]'s `base`.
+/// RoFormer's RoPE base, 10000: the presets' [`crate::dit::DitConfig::rope_base`],
+/// and what configs written without one mean.
 pub const ROPE_BASE: f64 = 10_000.0;
 
 /// Cos and sin tables of 3D rotary position embedding (RoPE, Su et al. 2021,

@@ -57,10 +57,11 @@ pub struct DitConfig {
     pub local_mix: bool,
     /// Base of the self-attention's 3D RoPE frequencies
     /// ([`crate::nn::rope_3d`]): pair `i` of an axis with `n` pairs turns
-    /// `base^(-i / n)` radians per token. At RoFormer's 10000 and 5 pairs an
-    /// axis, only the first two pairs turn by more than half a radian across
-    /// the default model's 8-token axes; at a base of 100, three. Checkpoints
-    /// written before it existed read as 10000.
+    /// `base^(-i / n)` radians per token. The default model (head size 32:
+    /// 5 pairs for t, 5 for h, 6 for w) has a grid of 1 x 8 x 8 tokens; at
+    /// RoFormer's 10000 only two pairs of h and two of w turn by more than
+    /// half a radian across 8 tokens, at a base of 100 three of h and four
+    /// of w. Checkpoints written before it existed read as 10000.
     #[serde(default = "rope_base_default")]
     pub rope_base: f64,
 }

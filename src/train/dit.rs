@@ -342,16 +342,23 @@ pub fn train(
             steps: run.steps,
             ..meta.run.clone()
         };
-        if meta.dit != job.dit
-            || meta.text != text_cfg
-            || same_run != *run
-            || meta.time_shift != job.time_shift
-            || meta.time_mix != job.time_mix
-            || meta.init != init_name
-        {
+        let differ: Vec<&str> = [
+            (meta.dit != job.dit, "the DiT's architecture"),
+            (meta.text != text_cfg, "the caption encoder"),
+            (same_run != *run, "the run's settings"),
+            (meta.time_shift != job.time_shift, "the time shift"),
+            (meta.time_mix != job.time_mix, "the time mix"),
+            (meta.init != init_name, "the initial model"),
+        ]
+        .into_iter()
+        .filter_map(|(differs, what)| differs.then_some(what))
+        .collect();
+        if !differ.is_empty() {
             invalid!(
-                "cannot resume: {} was trained with other settings; only --steps may change",
-                ckpt_dir.display()
+                "cannot resume: {} was trained with other settings (differing: {}); give the \
+                 flags it was started with: only --steps may change",
+                ckpt_dir.display(),
+                differ.join(", ")
             );
         }
         let raw = ckpt_dir.join("train.safetensors");

@@ -289,7 +289,10 @@ fn dit_training_resumes_exactly() {
         .err()
         .unwrap()
         .to_string();
-    assert!(refused.contains("other settings"), "{refused}");
+    assert!(
+        refused.contains("other settings (differing: the time shift)"),
+        "{refused}"
+    );
     assert!(dit::load(&root.path().join("none"), &Device::Cpu)
         .err()
         .unwrap()
