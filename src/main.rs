@@ -469,15 +469,16 @@ struct TrainModelArgs {
     #[arg(long, default_value_t = DIT_LR)]
     dit_lr: f64,
     /// Mix the DiT's MLP inputs over neighbouring tokens, instead of the
-    /// preset's choice (see train dit --local-mix)
+    /// preset's choice (see train dit --local-mix); resuming, the run's own
     #[arg(long, value_name = "true|false")]
     dit_local_mix: Option<bool>,
     /// Base of the DiT's RoPE frequencies, instead of the preset's 10000
-    /// (see train dit --rope-base)
+    /// (see train dit --rope-base); resuming, the run's own
     #[arg(long, value_name = "BASE")]
     dit_rope_base: Option<f64>,
-    /// Transformer blocks of the caption encoder; 0 leaves its word and
-    /// position embeddings alone [default: 2]
+    /// Transformer blocks of the caption encoder; 0 encodes a caption by its
+    /// word and position embeddings and the final LayerNorm alone [default:
+    /// 2; resuming, the run's own]
     #[arg(long, value_name = "N")]
     dit_text_depth: Option<usize>,
     /// Share of two-object captions in the DiT stage's clips, in [0, 1];
@@ -535,11 +536,14 @@ struct TrainDitArgs {
     #[arg(long, value_name = "true|false")]
     local_mix: Option<bool>,
     /// Base of the self-attention's 3D RoPE frequencies, above 1 (see
-    /// DitConfig::rope_base), instead of the preset's 10000
+    /// DitConfig::rope_base), instead of the preset's 10000. Resuming, the
+    /// architecture flags left out (this, --patch, --hidden, --depth,
+    /// --heads, --local-mix, --text-depth) keep the run's own
     #[arg(long, value_name = "BASE")]
     rope_base: Option<f64>,
-    /// Transformer blocks of the caption encoder; 0 leaves its word and
-    /// position embeddings alone [default: 2]
+    /// Transformer blocks of the caption encoder; 0 encodes a caption by its
+    /// word and position embeddings and the final LayerNorm alone [default:
+    /// 2; resuming, the run's own]
     #[arg(long, value_name = "N")]
     text_depth: Option<usize>,
     /// Training clips: "shapes" (rendered on the fly) or a clip folder
@@ -981,22 +985,32 @@ fn text_config(dit: &minisora::dit::DitConfig, depth: Option<usize>) -> minisora
     }
 }
 
-/// The share of two-object captions a DiT run in `run_dir` trains with:
-/// `given` if the command gave one; else, resuming, the share its checkpoint
-/// was started with (runs from before the option had none), so that an older
-/// run continues as it began; else the shipped model's, for Shapes World.
-fn two_objects_for(given: Option<f64>, resume: bool, run_dir: &Path, data: &str) -> Option<f64> {
-    if given.is_some() {
-        return given;
-    }
+/// The checkpoint a DiT run in `run_dir` continues, when resuming: settings
+/// a command leaves out take its values, so that a run resumes as it began.
+/// `None` when not resuming or nothing readable is there (an unreadable
+/// checkpoint is train's to report, with its path).
+fn resumed_dit(resume: bool, run_dir: &Path) -> Option<minisora::train::dit::DitMeta> {
     let config = run_dir.join("checkpoint/config.json");
-    if resume && config.exists() {
-        // an unreadable checkpoint is train's to report, with its path
-        return minisora::checkpoint::read_json::<minisora::train::dit::DitMeta>(&config)
-            .ok()
-            .and_then(|meta| meta.run.two_objects);
+    if !(resume && config.exists()) {
+        return None;
     }
-    (data == "shapes").then_some(DIT_TWO_OBJECTS)
+    minisora::checkpoint::read_json(&config).ok()
+}
+
+/// The share of two-object captions a DiT run trains with: `given` if the
+/// command gave one; else the share of the checkpoint it resumes (runs from
+/// before the option had none: the grammar's even draw); else the shipped
+/// model's, for Shapes World.
+fn two_objects_for(
+    given: Option<f64>,
+    resumed: Option<&minisora::train::dit::DitMeta>,
+    data: &str,
+) -> Option<f64> {
+    match (given, resumed) {
+        (Some(share), _) => Some(share),
+        (None, Some(meta)) => meta.run.two_objects,
+        (None, None) => (data == "shapes").then_some(DIT_TWO_OBJECTS),
+    }
 }
 /// The DiT's peak learning rate (`train dit` and `train model`). A full run
 /// at 1.5e-3 ended with a lower loss and the same prompt adherence
@@ -1053,6 +1067,7 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
         (None, Some(init)) => init.join("vae"),
         (None, None) => bail!("--vae is needed (or --init, whose autoencoder is then used)"),
     };
+    let resumed = resumed_dit(args.resume, &args.out);
     let (dit, text) = match &args.init {
         Some(init) => {
             if !init.is_dir() {
@@ -1064,21 +1079,46 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
             (meta.dit, meta.text)
         }
         None => {
-            let preset = minisora::preset::preset(args.preset.as_deref().unwrap_or("default"))?;
+            // resuming, the flags left out keep the run's own settings, and
+            // without --preset so does the rest of its architecture
+            let (base, base_text) = match (&resumed, &args.preset) {
+                (Some(meta), None) => (meta.dit.clone(), meta.text.clone()),
+                (_, preset) => {
+                    let preset = minisora::preset::preset(preset.as_deref().unwrap_or("default"))?;
+                    let text = text_config(&preset.dit, None);
+                    (preset.dit, text)
+                }
+            };
+            let was = resumed.as_ref().map(|meta| (&meta.dit, &meta.text));
             // the DiT denoises what its autoencoder makes, whatever the preset's
             let vae = minisora::train::vae::read_meta(&vae_dir)
                 .with_context(|| format!("--vae {}", vae_dir.display()))?;
             let dit = minisora::dit::DitConfig {
                 latent_channels: vae.vae.latent_channels,
-                patch: args.patch.unwrap_or(preset.dit.patch),
-                hidden: args.hidden.unwrap_or(preset.dit.hidden),
-                depth: args.depth.unwrap_or(preset.dit.depth),
-                heads: args.heads.unwrap_or(preset.dit.heads),
-                local_mix: args.local_mix.unwrap_or(preset.dit.local_mix),
-                rope_base: args.rope_base.unwrap_or(preset.dit.rope_base),
-                ..preset.dit.clone()
+                patch: args.patch.or(was.map(|w| w.0.patch)).unwrap_or(base.patch),
+                hidden: args
+                    .hidden
+                    .or(was.map(|w| w.0.hidden))
+                    .unwrap_or(base.hidden),
+                depth: args.depth.or(was.map(|w| w.0.depth)).unwrap_or(base.depth),
+                heads: args.heads.or(was.map(|w| w.0.heads)).unwrap_or(base.heads),
+                local_mix: args
+                    .local_mix
+                    .or(was.map(|w| w.0.local_mix))
+                    .unwrap_or(base.local_mix),
+                rope_base: args
+                    .rope_base
+                    .or(was.map(|w| w.0.rope_base))
+                    .unwrap_or(base.rope_base),
+                ..base
             };
-            let text = text_config(&dit, args.text_depth);
+            let text = minisora::text::TextConfig {
+                depth: args
+                    .text_depth
+                    .or(was.map(|w| w.1.depth))
+                    .unwrap_or(base_text.depth),
+                ..base_text
+            };
             (dit, text)
         }
     };
@@ -1096,7 +1136,7 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
         checkpoint_every: args.checkpoint_every.max(1),
         shards: args.shards.for_batch(args.batch),
         ema_decay: args.ema,
-        two_objects: two_objects_for(args.two_objects, args.resume, &args.out, &args.data),
+        two_objects: two_objects_for(args.two_objects, resumed.as_ref(), &args.data),
     };
     let job = dit::DitJob {
         dit,
@@ -1479,6 +1519,7 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
         ema_decay,
         two_objects: None,
     };
+    let resumed = resumed_dit(args.resume, &model::stage_dir(&args.out, Stage::Dit));
     let plan = ModelPlan {
         vae,
         vae_run: run(
@@ -1490,20 +1531,26 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
             VAE_LR_FLOOR,
             VAE_EMA,
         ),
-        text: text_config(&preset.dit, args.dit_text_depth),
+        // resuming, the DiT flags left out keep the stage's own choices
+        text: text_config(
+            &preset.dit,
+            args.dit_text_depth
+                .or(resumed.as_ref().map(|meta| meta.text.depth)),
+        ),
         dit: minisora::dit::DitConfig {
-            local_mix: args.dit_local_mix.unwrap_or(preset.dit.local_mix),
-            rope_base: args.dit_rope_base.unwrap_or(preset.dit.rope_base),
+            local_mix: args
+                .dit_local_mix
+                .or(resumed.as_ref().map(|meta| meta.dit.local_mix))
+                .unwrap_or(preset.dit.local_mix),
+            rope_base: args
+                .dit_rope_base
+                .or(resumed.as_ref().map(|meta| meta.dit.rope_base))
+                .unwrap_or(preset.dit.rope_base),
             latent_channels,
             ..preset.dit.clone()
         },
         dit_run: RunConfig {
-            two_objects: two_objects_for(
-                args.dit_two_objects,
-                args.resume,
-                &model::stage_dir(&args.out, Stage::Dit),
-                "shapes",
-            ),
+            two_objects: two_objects_for(args.dit_two_objects, resumed.as_ref(), "shapes"),
             ..run(
                 args.dit_steps,
                 args.dit_batch,

@@ -241,19 +241,22 @@ mod tests {
 
     #[test]
     fn rope_pairs_turn_by_position_times_powers_of_the_base() {
-        // head size 12: 6 pairs, 2 per axis; pair i of an axis turns
-        // p * base^(-i / 2) at axis position p
+        // head size 32 (the default model's): 16 pairs, 5 for t, 5 for h and
+        // the remaining 6 for w; pair i of an axis with n pairs turns
+        // p * base^(-i / n) at axis position p
         let positions = [[0, 0, 0], [1, 2, 3]];
         for base in [ROPE_BASE, 100.0] {
-            let (cos, sin) = rope_3d(&positions, 12, base, &Device::Cpu).unwrap();
+            let (cos, sin) = rope_3d(&positions, 32, base, &Device::Cpu).unwrap();
             let (cos, sin) = (cos.to_vec2::<f32>().unwrap(), sin.to_vec2::<f32>().unwrap());
+            assert_eq!(cos[1].len(), 16);
             assert!(cos[0].iter().all(|&c| c == 1.0) && sin[0].iter().all(|&s| s == 0.0));
-            for (axis, p) in [1.0f64, 2.0, 3.0].into_iter().enumerate() {
-                for i in 0..2 {
-                    let angle = p * base.powf(-(i as f64) / 2.0);
-                    let j = 2 * axis + i;
+            let mut j = 0;
+            for (p, n) in [(1.0f64, 5), (2.0, 5), (3.0, 6)] {
+                for i in 0..n {
+                    let angle = p * base.powf(-(i as f64) / n as f64);
                     assert!((cos[1][j] as f64 - angle.cos()).abs() < 1e-6, "{base} {j}");
                     assert!((sin[1][j] as f64 - angle.sin()).abs() < 1e-6, "{base} {j}");
+                    j += 1;
                 }
             }
         }

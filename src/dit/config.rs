@@ -96,7 +96,10 @@ pub struct StepCost {
 }
 
 impl DitConfig {
-    /// Refuses a config no DiT can be built from.
+    /// Refuses a config no DiT can be built from (heads that do not split the
+    /// width into even sizes), and a RoPE base of 1 or less: every pair would
+    /// turn at the same rate (or grow), so the axes' frequencies would not
+    /// spread.
     pub fn validate(&self) -> crate::Result<()> {
         let (d, heads) = (self.hidden, self.heads);
         if heads == 0 || d == 0 || d % heads != 0 || (d / heads) % 2 != 0 {

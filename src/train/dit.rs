@@ -19,7 +19,10 @@ use serde::{Deserialize, Serialize};
 use super::optim::{learning_rate, AdamW, AdamWConfig};
 use super::parallel::{self, ShardLoss};
 use super::vae::{self as vae_train, VaeCheckpoint};
-use super::{randn, seeded_init, update_ema, CsvLog, RunConfig, Session, StepReport, TrainOutcome};
+use super::{
+    fields_that_differ, randn, seeded_init, update_ema, CsvLog, RunConfig, Session, StepReport,
+    TrainOutcome,
+};
 use crate::checkpoint::{self, read_json, read_tensors, write_json, write_tensors};
 use crate::data::shapes_world::{Scene, CONTRACT_VERSION};
 use crate::diffusion::{interpolate, logit_normal_mixed};
@@ -342,21 +345,32 @@ pub fn train(
             steps: run.steps,
             ..meta.run.clone()
         };
-        let differ: Vec<&str> = [
-            (meta.dit != job.dit, "the DiT's architecture"),
-            (meta.text != text_cfg, "the caption encoder"),
-            (same_run != *run, "the run's settings"),
-            (meta.time_shift != job.time_shift, "the time shift"),
-            (meta.time_mix != job.time_mix, "the time mix"),
-            (meta.init != init_name, "the initial model"),
+        let differ: Vec<String> = [
+            ("the DiT's", fields_that_differ(&meta.dit, &job.dit)),
+            (
+                "the caption encoder's",
+                fields_that_differ(&meta.text, &text_cfg),
+            ),
+            ("the run's", fields_that_differ(&same_run, run)),
         ]
         .into_iter()
-        .filter_map(|(differs, what)| differs.then_some(what))
+        .filter(|(_, fields)| !fields.is_empty())
+        .map(|(whose, fields)| format!("{whose} {}", fields.join(", ")))
+        .chain(
+            [
+                (meta.time_shift != job.time_shift, "the time shift"),
+                (meta.time_mix != job.time_mix, "the time mix"),
+                (meta.init != init_name, "the initial model"),
+            ]
+            .into_iter()
+            .filter(|(differs, _)| *differs)
+            .map(|(_, what)| what.to_string()),
+        )
         .collect();
         if !differ.is_empty() {
             invalid!(
                 "cannot resume: {} was trained with other settings (differing: {}); give the \
-                 flags it was started with: only --steps may change",
+                 settings it was started with: only --steps may change",
                 ckpt_dir.display(),
                 differ.join(", ")
             );

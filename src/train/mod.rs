@@ -319,6 +319,22 @@ pub struct StepReport {
     pub clips_per_s: f64,
 }
 
+/// The top-level fields whose values differ between two settings of the
+/// same type, by their serialised names (what a refused resume names).
+pub(crate) fn fields_that_differ<T: serde::Serialize>(a: &T, b: &T) -> Vec<String> {
+    let (a, b) = (serde_json::to_value(a), serde_json::to_value(b));
+    match (a, b) {
+        (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) => a
+            .keys()
+            .chain(b.keys().filter(|k| !a.contains_key(*k)))
+            .filter(|k| a.get(*k) != b.get(*k))
+            .cloned()
+            .collect(),
+        (a, b) if a.as_ref().ok() == b.as_ref().ok() => Vec::new(),
+        _ => vec!["(all)".to_string()],
+    }
+}
+
 /// EMA of the weights: `ema <- decay ema + (1 - decay) w`; a missing entry
 /// starts as a copy of `w`.
 pub(crate) fn update_ema(

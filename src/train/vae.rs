@@ -183,8 +183,10 @@ pub fn train(
             load(&ckpt_dir, device).map_err(|e| Error::Invalid(format!("cannot resume: {e}")))?;
         if ckpt.meta.vae != *config {
             invalid!(
-                "cannot resume: {} was trained with another autoencoder configuration",
-                ckpt_dir.display()
+                "cannot resume: {} was trained with another autoencoder configuration \
+                 (differing: {})",
+                ckpt_dir.display(),
+                super::fields_that_differ(&ckpt.meta.vae, config).join(", ")
             );
         }
         let same_run = RunConfig {
@@ -193,8 +195,10 @@ pub fn train(
         };
         if same_run != *run {
             invalid!(
-                "cannot resume: {} was trained with other settings ({}); only --steps may change",
+                "cannot resume: {} was trained with other settings (differing: {}; it was \
+                 started with {}); only --steps may change",
                 ckpt_dir.display(),
+                super::fields_that_differ(&same_run, run).join(", "),
                 serde_json::to_string(&ckpt.meta.run).unwrap_or_default()
             );
         }

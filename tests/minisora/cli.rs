@@ -406,6 +406,10 @@ fn train_dit_then_generate_end_to_end() {
             "2",
             "--batch",
             "2",
+            "--rope-base",
+            "100",
+            "--text-depth",
+            "0",
             "--out",
             "dit",
         ][..],
@@ -429,10 +433,25 @@ fn train_dit_then_generate_end_to_end() {
     let mut older = read();
     older["run"].as_object_mut().unwrap().remove("two_objects");
     std::fs::write(&config_path, older.to_string()).unwrap();
-    let mut more = train.clone();
+    assert_eq!(read()["dit"]["rope_base"], 100.0);
+    assert_eq!(read()["text"]["depth"], 0);
+    // resuming, the architecture flags left out keep the run's own; one
+    // given with another value is refused by name
+    let mut more: Vec<&str> = train
+        .chunks(2)
+        .filter(|pair| !["--rope-base", "--text-depth"].contains(&pair[0]))
+        .flatten()
+        .copied()
+        .collect();
     let steps = more.iter().position(|&a| a == "--steps").unwrap() + 1;
     more[steps] = "3";
     more.push("--resume");
+    let o = minisora(&[&more[..], &["--rope-base", "50"]].concat(), d);
+    assert!(
+        !o.status.success() && text(&o).contains("differing: the DiT's rope_base"),
+        "{}",
+        text(&o)
+    );
     let o = minisora(&more, d);
     assert!(
         o.status.success() && text(&o).contains("step 3 of 3"),
@@ -440,6 +459,8 @@ fn train_dit_then_generate_end_to_end() {
         text(&o)
     );
     assert!(read()["run"].get("two_objects").is_none());
+    assert_eq!(read()["dit"]["rope_base"], 100.0);
+    assert_eq!(read()["text"]["depth"], 0);
     let gen = [
         &[
             "generate",
@@ -893,7 +914,17 @@ fn train_model_trains_both_stages_and_resumes_by_skipping_finished_ones() {
         "{}",
         text(&o)
     );
-    let o = minisora(&[&train[..], &["--resume"]].concat(), d);
+    // (the DiT flags left out: a resumed stage keeps its own)
+    let resume: Vec<&str> = train
+        .chunks(2)
+        .filter(|pair| {
+            !["--dit-two-objects", "--dit-rope-base", "--dit-text-depth"].contains(&pair[0])
+        })
+        .flatten()
+        .chain(&["--resume"])
+        .copied()
+        .collect();
+    let o = minisora(&resume, d);
     let out = text(&o);
     assert!(
         o.status.success()
@@ -922,7 +953,8 @@ fn train_model_trains_both_stages_and_resumes_by_skipping_finished_ones() {
         d,
     );
     assert!(o.status.success(), "{}", text(&o));
-    // a share outside [0, 1], or a RoPE base that does not turn, is refused
+    // a share outside [0, 1], or a RoPE base whose frequencies do not spread,
+    // is refused
     // before any stage begins
     for (flag, value, reason) in [
         ("--dit-two-objects", "1.5", "two-object"),

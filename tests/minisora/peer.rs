@@ -53,3 +53,46 @@ fn the_pytorch_peer_reproduces_a_denoising_step() {
         }
     }
 }
+
+#[test]
+fn bench_export_carries_its_rope_base_to_the_config_and_the_output() {
+    // what the peer checks itself against: without torch this still holds,
+    // so a --rope-base the export dropped would not pass parity unseen
+    let dir = tempfile::tempdir().unwrap();
+    let export = |out: &str, extra: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_minisora"))
+            .args(["bench", "export", "--preset", "tiny", "--tokens", "8"])
+            .args(["--batch", "2", "--out", out])
+            .args(extra)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let config: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(out).join("config.json")).unwrap(),
+        )
+        .unwrap();
+        let tensors = minisora::checkpoint::read_tensors(
+            &dir.path().join(out).join("output.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let out = tensors["out"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        (config["dit"]["rope_base"].as_f64().unwrap(), out)
+    };
+    let (base, plain) = export("plain", &[]);
+    assert_eq!(base, 10_000.0);
+    let (base, turned) = export("turned", &["--rope-base", "100"]);
+    assert_eq!(base, 100.0);
+    assert_eq!(plain.len(), turned.len());
+    let moved = plain
+        .iter()
+        .zip(&turned)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(moved > 1e-4, "the base did not reach the forward: {moved}");
+}
