@@ -20,8 +20,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::patch::PatchSize;
 
-/// Every hyper-parameter of a DiT.
+/// Every hyper-parameter of a DiT. A field this build does not know (a
+/// checkpoint from a newer minisora) is refused by name rather than dropped,
+/// so that such a model is never run as another architecture.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DitConfig {
     /// Channels of the latent it denoises (the compression network's `C`).
     pub latent_channels: usize,
@@ -222,6 +225,23 @@ mod tests {
             local_mix: false,
             rope_base: crate::nn::ROPE_BASE,
         }
+    }
+
+    #[test]
+    fn configs_without_later_fields_read_their_defaults_and_unknown_fields_are_refused() {
+        let mut json = serde_json::to_value(tiny()).unwrap();
+        let fields = json.as_object_mut().unwrap();
+        for later in ["pos_embed", "local_mix", "rope_base"] {
+            fields.remove(later);
+        }
+        let read: DitConfig = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(read, tiny());
+        json["rope_axes"] = serde_json::json!([1, 7, 8]);
+        let err = serde_json::from_value::<DitConfig>(json).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `rope_axes`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use super::PAD_ID;
 
 /// Hyper-parameters of the text encoder.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TextConfig {
     pub vocab_size: usize,
     pub max_len: usize,
