@@ -1083,41 +1083,32 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
             // without --preset so does the rest of its architecture
             let (base, base_text) = match (&resumed, &args.preset) {
                 (Some(meta), None) => (meta.dit.clone(), meta.text.clone()),
-                (_, preset) => {
-                    let preset = minisora::preset::preset(preset.as_deref().unwrap_or("default"))?;
+                (_, name) => {
+                    let preset = minisora::preset::preset(name.as_deref().unwrap_or("default"))?;
                     let text = text_config(&preset.dit, None);
                     (preset.dit, text)
                 }
             };
-            let was = resumed.as_ref().map(|meta| (&meta.dit, &meta.text));
+            // what a flag left out means: the resumed run's value, else the preset's
+            let (left_out, left_out_text) = resumed
+                .as_ref()
+                .map_or((&base, &base_text), |meta| (&meta.dit, &meta.text));
             // the DiT denoises what its autoencoder makes, whatever the preset's
             let vae = minisora::train::vae::read_meta(&vae_dir)
                 .with_context(|| format!("--vae {}", vae_dir.display()))?;
             let dit = minisora::dit::DitConfig {
                 latent_channels: vae.vae.latent_channels,
-                patch: args.patch.or(was.map(|w| w.0.patch)).unwrap_or(base.patch),
-                hidden: args
-                    .hidden
-                    .or(was.map(|w| w.0.hidden))
-                    .unwrap_or(base.hidden),
-                depth: args.depth.or(was.map(|w| w.0.depth)).unwrap_or(base.depth),
-                heads: args.heads.or(was.map(|w| w.0.heads)).unwrap_or(base.heads),
-                local_mix: args
-                    .local_mix
-                    .or(was.map(|w| w.0.local_mix))
-                    .unwrap_or(base.local_mix),
-                rope_base: args
-                    .rope_base
-                    .or(was.map(|w| w.0.rope_base))
-                    .unwrap_or(base.rope_base),
-                ..base
+                patch: args.patch.unwrap_or(left_out.patch),
+                hidden: args.hidden.unwrap_or(left_out.hidden),
+                depth: args.depth.unwrap_or(left_out.depth),
+                heads: args.heads.unwrap_or(left_out.heads),
+                local_mix: args.local_mix.unwrap_or(left_out.local_mix),
+                rope_base: args.rope_base.unwrap_or(left_out.rope_base),
+                ..base.clone()
             };
             let text = minisora::text::TextConfig {
-                depth: args
-                    .text_depth
-                    .or(was.map(|w| w.1.depth))
-                    .unwrap_or(base_text.depth),
-                ..base_text
+                depth: args.text_depth.unwrap_or(left_out_text.depth),
+                ..base_text.clone()
             };
             (dit, text)
         }
