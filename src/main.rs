@@ -403,6 +403,10 @@ struct BenchExportArgs {
     /// --rope-base)
     #[arg(long, value_name = "BASE")]
     rope_base: Option<f64>,
+    /// RoPE rotation pairs given to t, h and w, instead of a third each (see
+    /// train dit --rope-pairs)
+    #[arg(long, value_name = "T,H,W", value_parser = rope_pairs_arg)]
+    rope_pairs: Option<[usize; 3]>,
     /// Folder to write
     #[arg(long)]
     out: PathBuf,
@@ -476,6 +480,10 @@ struct TrainModelArgs {
     /// (see train dit --rope-base); resuming, the run's own
     #[arg(long, value_name = "BASE")]
     dit_rope_base: Option<f64>,
+    /// RoPE rotation pairs of the DiT's heads given to t, h and w, instead
+    /// of a third each (see train dit --rope-pairs); resuming, the run's own
+    #[arg(long, value_name = "T,H,W", value_parser = rope_pairs_arg)]
+    dit_rope_pairs: Option<[usize; 3]>,
     /// Transformer blocks of the caption encoder; 0 encodes a caption by its
     /// word and position embeddings and the final LayerNorm alone [default:
     /// 2; resuming, the run's own]
@@ -514,7 +522,7 @@ struct TrainDitArgs {
     /// samples/model) instead of starting from random weights: its
     /// architecture, vocabulary and autoencoder are kept, and the optimiser
     /// and learning-rate schedule start afresh
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["preset", "patch", "hidden", "depth", "heads", "local_mix", "rope_base", "text_depth"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["preset", "patch", "hidden", "depth", "heads", "local_mix", "rope_base", "rope_pairs", "text_depth"])]
     init: Option<PathBuf>,
     /// DiT preset: default, S, B, L, XL [default: default]
     #[arg(long)]
@@ -537,10 +545,16 @@ struct TrainDitArgs {
     local_mix: Option<bool>,
     /// Base of the self-attention's 3D RoPE frequencies, above 1 (see
     /// DitConfig::rope_base), instead of the preset's 10000. Resuming, the
-    /// architecture flags left out (this, --patch, --hidden, --depth,
-    /// --heads, --local-mix, --text-depth) keep the run's own
+    /// architecture flags left out (this, --rope-pairs, --patch, --hidden,
+    /// --depth, --heads, --local-mix, --text-depth) keep the run's own
     #[arg(long, value_name = "BASE")]
     rope_base: Option<f64>,
+    /// RoPE rotation pairs of each head given to t, h and w, adding up to
+    /// half the head size (see DitConfig::rope_pairs), instead of a third
+    /// each: the default model's grid has one position in time, so 0,8,8
+    /// gives its 5 unturned t pairs to h and w
+    #[arg(long, value_name = "T,H,W", value_parser = rope_pairs_arg)]
+    rope_pairs: Option<[usize; 3]>,
     /// Transformer blocks of the caption encoder; 0 encodes a caption by its
     /// word and position embeddings and the final LayerNorm alone [default:
     /// 2; resuming, the run's own]
@@ -1104,6 +1118,7 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
                 heads: args.heads.unwrap_or(left_out.heads),
                 local_mix: args.local_mix.unwrap_or(left_out.local_mix),
                 rope_base: args.rope_base.unwrap_or(left_out.rope_base),
+                rope_pairs: args.rope_pairs.or(left_out.rope_pairs),
                 ..base.clone()
             };
             let text = minisora::text::TextConfig {
@@ -1153,6 +1168,19 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
     Ok(())
 }
 
+/// `T,H,W` of `--rope-pairs`: three whole numbers; whether they fit the
+/// head is checked with the rest of the config.
+fn rope_pairs_arg(text: &str) -> std::result::Result<[usize; 3], String> {
+    let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+    let numbers: Option<Vec<usize>> = parts.iter().map(|p| p.parse().ok()).collect();
+    match numbers.as_deref() {
+        Some(&[t, h, w]) => Ok([t, h, w]),
+        _ => Err(format!(
+            "expected three whole numbers T,H,W (pairs for time, height, width), got \"{text}\""
+        )),
+    }
+}
+
 fn parse_device(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
@@ -1188,6 +1216,7 @@ fn bench(args: BenchArgs) -> Result<()> {
             let dit = minisora::dit::DitConfig {
                 local_mix: a.local_mix.unwrap_or(preset.dit.local_mix),
                 rope_base: a.rope_base.unwrap_or(preset.dit.rope_base),
+                rope_pairs: a.rope_pairs.or(preset.dit.rope_pairs),
                 ..preset.dit.clone()
             };
             minisora::bench::export(&dit, grid, a.batch, &a.out)?;
@@ -1537,6 +1566,10 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
                 .dit_rope_base
                 .or(resumed.as_ref().map(|meta| meta.dit.rope_base))
                 .unwrap_or(preset.dit.rope_base),
+            rope_pairs: args
+                .dit_rope_pairs
+                .or(resumed.as_ref().and_then(|meta| meta.dit.rope_pairs))
+                .or(preset.dit.rope_pairs),
             latent_channels,
             ..preset.dit.clone()
         },

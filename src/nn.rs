@@ -164,10 +164,20 @@ pub fn sinusoidal(t: &Tensor, dim: usize, max_period: f64) -> Result<Tensor> {
 /// and what configs written without one mean.
 pub const ROPE_BASE: f64 = 10_000.0;
 
+/// How [`rope_3d`] splits a head of `head_dim` values by default: its
+/// `head_dim / 2` rotation pairs go a third each to t and h, the rest to w
+/// (head size 32: 5, 5 and 6 pairs).
+pub fn rope_thirds(head_dim: usize) -> [usize; 3] {
+    let pairs = head_dim / 2;
+    [pairs / 3, pairs / 3, pairs - 2 * (pairs / 3)]
+}
+
 /// Cos and sin tables of 3D rotary position embedding (RoPE, Su et al. 2021,
 /// one frequency band per axis as in Lumina-T2X / Open-Sora): the head
-/// dimension's rotation pairs are split between t, h and w, and each pair
-/// turns by its axis position times its frequency.
+/// dimension's rotation pairs are split between t, h and w (`per_axis`
+/// pairs each, summing to `Dh / 2`; [`rope_thirds`] is the usual split), and
+/// each pair turns by its axis position times its frequency. An axis given
+/// no pairs is not encoded.
 ///
 /// Pair `i` of an axis with `n` pairs turns `base^(-i / n)` radians per
 /// position ([`ROPE_BASE`] is RoFormer's base).
@@ -175,13 +185,11 @@ pub const ROPE_BASE: f64 = 10_000.0;
 /// Returns `(cos, sin)`, each `(N, Dh / 2)`, for integer positions `[t, h, w]`.
 pub fn rope_3d(
     positions: &[[usize; 3]],
-    head_dim: usize,
+    per_axis: [usize; 3],
     base: f64,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
-    let pairs = head_dim / 2;
-    // t and h get a third of the pairs each, w the rest
-    let per_axis = [pairs / 3, pairs / 3, pairs - 2 * (pairs / 3)];
+    let pairs: usize = per_axis.iter().sum();
     let mut cos = Vec::with_capacity(positions.len() * pairs);
     let mut sin = Vec::with_capacity(positions.len() * pairs);
     for pos in positions {
@@ -246,7 +254,7 @@ mod tests {
         // p * base^(-i / n) at axis position p
         let positions = [[0, 0, 0], [1, 2, 3]];
         for base in [ROPE_BASE, 100.0] {
-            let (cos, sin) = rope_3d(&positions, 32, base, &Device::Cpu).unwrap();
+            let (cos, sin) = rope_3d(&positions, rope_thirds(32), base, &Device::Cpu).unwrap();
             let (cos, sin) = (cos.to_vec2::<f32>().unwrap(), sin.to_vec2::<f32>().unwrap());
             assert_eq!(cos[1].len(), 16);
             assert!(cos[0].iter().all(|&c| c == 1.0) && sin[0].iter().all(|&s| s == 0.0));
@@ -258,6 +266,26 @@ mod tests {
                     assert!((sin[1][j] as f64 - angle.sin()).abs() < 1e-6, "{base} {j}");
                     j += 1;
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn rope_pairs_given_to_h_and_w_leave_time_unencoded() {
+        // the default model's head with its 5 t pairs given to h and w:
+        // 8 pairs each, and a token's time position turns nothing
+        assert_eq!(rope_thirds(32), [5, 5, 6]);
+        let positions = [[0, 2, 3], [7, 2, 3]];
+        let (cos, sin) = rope_3d(&positions, [0, 8, 8], 100.0, &Device::Cpu).unwrap();
+        let (cos, sin) = (cos.to_vec2::<f32>().unwrap(), sin.to_vec2::<f32>().unwrap());
+        assert_eq!((cos[0].len(), &cos[0], &sin[0]), (16, &cos[1], &sin[1]));
+        let mut j = 0;
+        for p in [2.0f64, 3.0] {
+            for i in 0..8 {
+                let angle = p * 100f64.powf(-(i as f64) / 8.0);
+                assert!((cos[0][j] as f64 - angle.cos()).abs() < 1e-6, "{j}");
+                assert!((sin[0][j] as f64 - angle.sin()).abs() < 1e-6, "{j}");
+                j += 1;
             }
         }
     }

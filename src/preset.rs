@@ -74,6 +74,7 @@ fn dit(hidden: usize, depth: usize, heads: usize, context_dim: usize) -> DitConf
         pos_embed: true,
         local_mix: false,
         rope_base: crate::nn::ROPE_BASE,
+        rope_pairs: None,
     }
 }
 

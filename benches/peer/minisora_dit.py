@@ -66,24 +66,42 @@ def sinusoidal(t: Tensor, dim: int) -> Tensor:
     return torch.cat([args.cos(), args.sin()], dim=1)
 
 
+# every field of dit/config.rs `DitConfig`
+CONFIG_KEYS = frozenset({
+    "latent_channels", "patch", "hidden", "depth", "heads", "mlp_ratio", "context_dim", "context_len",
+    "freq_dim", "pos_embed", "local_mix", "rope_base", "rope_pairs",
+})
+
 # RoFormer's RoPE base (nn.rs `ROPE_BASE`), what configs without `rope_base` mean
 ROPE_BASE = 10_000.0
 
 
+def rope_thirds(head_dim: int) -> tuple[int, int, int]:
+    """The usual split of a head's rotation pairs (nn.rs `rope_thirds`): a third each to t and h, the rest to w."""
+    pairs = head_dim // 2
+    return (pairs // 3, pairs // 3, pairs - 2 * (pairs // 3))
+
+
 @functools.lru_cache(maxsize=None)
 def rope_3d(
-    grid: Grid, head_dim: int, device: torch.device, dtype: torch.dtype, base: float = ROPE_BASE
+    grid: Grid,
+    head_dim: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    base: float = ROPE_BASE,
+    per_axis: tuple[int, int, int] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Cos and sin tables `(N, head_dim / 2)` of 3D RoPE for tokens ordered t, h, w (nn.rs `rope_3d`).
 
-    The rotation pairs are split between the axes: t and h get a third each,
-    w the rest; pair `i` of an axis with `n` pairs turns by
-    `position * base^(-2i / 2n)`. An angle depends only on the axis, the
-    position along it and the pair, so each axis gets a small table
-    (computed like the Rust: f64, then f32) gathered per token.
+    The rotation pairs are split between the axes, `per_axis` pairs each
+    (`DitConfig.rope_pairs`; by default `rope_thirds`); pair `i` of an axis
+    with `n` pairs turns by `position * base^(-2i / 2n)`. An angle depends
+    only on the axis, the position along it and the pair, so each axis gets
+    a small table (computed like the Rust: f64, then f32) gathered per token.
     """
-    pairs = head_dim // 2
-    per_axis = (pairs // 3, pairs // 3, pairs - 2 * (pairs // 3))
+    per_axis = per_axis if per_axis is not None else rope_thirds(head_dim)
+    if sum(per_axis) != head_dim // 2:
+        raise ValueError(f"RoPE pairs {per_axis} must add up to {head_dim // 2}")
     # (nt, nh, nw) index grids in token order: t slowest, w fastest
     index = [i.flatten() for i in torch.meshgrid(*(torch.arange(s) for s in grid), indexing="ij")]
     cos_parts, sin_parts = [], []
@@ -266,6 +284,11 @@ class MinisoraDiT(nn.Module):
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
+        # a key this peer does not know is a setting it would silently drop
+        # (dit/config.rs refuses such a config too)
+        unknown = sorted(set(config) - CONFIG_KEYS)
+        if unknown:
+            raise ValueError(f"unknown DiT config field(s) {unknown}: this peer is older than the config")
         d, heads = config["hidden"], config["heads"]
         if d % heads != 0 or (d // heads) % 2 != 0:
             raise ValueError(f"width {d} must split into {heads} heads of an even size")
@@ -274,6 +297,8 @@ class MinisoraDiT(nn.Module):
         self.channels: int = config["latent_channels"]
         self.head_dim = d // heads
         self.rope_base: float = config.get("rope_base", ROPE_BASE)
+        pairs = config.get("rope_pairs")  # absent: a third each
+        self.rope_pairs: tuple[int, int, int] | None = tuple(pairs) if pairs is not None else None
         self.freq_dim: int = config["freq_dim"]
         token_dim = self.channels * math.prod(self.patch)
         e = config["context_dim"]
@@ -313,7 +338,7 @@ class MinisoraDiT(nn.Module):
         tokens, grid = patchify(x, self.patch)  # (B, N, P)
         cond = self.condition(t, pooled).unsqueeze(1)  # (B, 1, D)
         context_bias = ((keep - 1.0) * MASK_SCALE).reshape(b, 1, 1, keep.shape[1])  # (B, 1, 1, L)
-        cos, sin = rope_3d(grid, self.head_dim, x.device, x.dtype, self.rope_base)  # (N, Dh / 2)
+        cos, sin = rope_3d(grid, self.head_dim, x.device, x.dtype, self.rope_base, self.rope_pairs)  # (N, Dh / 2)
         context = self.context_proj(context)  # (B, L, D)
         h = self.x_embed(tokens)  # (B, N, D)
         if self.pos_proj is not None:

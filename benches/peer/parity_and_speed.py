@@ -101,7 +101,8 @@ def export(args: argparse.Namespace, preset: str, tokens: int, out: Path) -> Non
         args,
         ["bench", "export", "--preset", preset, "--tokens", str(tokens), "--batch", str(args.batch),
          "--local-mix", "true" if args.local_mix else "false",
-         *(["--rope-base", str(args.rope_base)] if args.rope_base is not None else []), "--out", str(out)],
+         *(["--rope-base", str(args.rope_base)] if args.rope_base is not None else []),
+         *(["--rope-pairs", args.rope_pairs] if args.rope_pairs is not None else []), "--out", str(out)],
     )
 
 
@@ -230,6 +231,9 @@ def parse_args() -> argparse.Namespace:
                         "needs --parity-only, since minisora bench times the presets as they are")
     parser.add_argument("--rope-base", type=float,
                         help="export the presets with this RoPE base (DitConfig.rope_base); needs --parity-only")
+    parser.add_argument("--rope-pairs", metavar="T,H,W",
+                        help="export the presets with these RoPE pairs per axis (DitConfig.rope_pairs; they must "
+                        "add up to half of every preset's head size); needs --parity-only")
     parser.add_argument("--work-dir", type=Path, help="keep the exports here instead of a temporary folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
@@ -241,6 +245,8 @@ def parse_args() -> argparse.Namespace:
         parser.error("--local-mix checks parity only: add --parity-only")
     if args.rope_base is not None and not args.parity_only:
         parser.error("--rope-base checks parity only: add --parity-only")
+    if args.rope_pairs is not None and not args.parity_only:
+        parser.error("--rope-pairs checks parity only: add --parity-only")
     if not args.minisora.is_file():
         parser.error(f"no minisora binary at {args.minisora} (cargo build --release, or pass --minisora)")
     if args.device == "cuda" and not torch.cuda.is_available():

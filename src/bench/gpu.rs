@@ -257,7 +257,12 @@ pub fn parity_checks(
         }
         // RoPE with the DiT's 3D tables (head dim 72, as XL)
         let positions = crate::patch::positions(grid_for_tokens(n)?);
-        let (cos, sin) = crate::nn::rope_3d(&positions, 72, crate::nn::ROPE_BASE, &Device::Cpu)?;
+        let (cos, sin) = crate::nn::rope_3d(
+            &positions,
+            crate::nn::rope_thirds(72),
+            crate::nn::ROPE_BASE,
+            &Device::Cpu,
+        )?;
         let x = input(&[2, 4, n, 72], 4, 1.0, dtype)?;
         let want = ops::rope_reference(&x, &cos, &sin)?;
         let got = || {
@@ -634,7 +639,12 @@ pub fn block_breakdown(
         .contiguous()?;
     let (q, k, v) = (heads.get(0)?, heads.get(1)?, heads.get(2)?);
     let positions = crate::patch::positions(grid_for_tokens(n)?);
-    let (cos, sin) = crate::nn::rope_3d(&positions, dh, crate::nn::ROPE_BASE, device)?;
+    let (cos, sin) = crate::nn::rope_3d(
+        &positions,
+        crate::nn::rope_thirds(dh),
+        crate::nn::ROPE_BASE,
+        device,
+    )?;
     let (ck, cv) = (rand(&[b, h, l, dh], 1.0)?, rand(&[b, h, l, dh], 1.0)?);
     let bias = crate::nn::key_padding_bias(&Tensor::ones((b, l), DType::F32, device)?, dtype)?;
     let qseg = Tensor::ones((b, n), DType::U32, device)?;

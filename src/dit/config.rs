@@ -67,6 +67,14 @@ pub struct DitConfig {
     /// of w. Checkpoints written before it existed read as 10000.
     #[serde(default = "rope_base_default")]
     pub rope_base: f64,
+    /// How many of each head's `head_dim / 2` RoPE rotation pairs go to t,
+    /// h and w; `None` (the presets, and checkpoints written before it
+    /// existed) is [`crate::nn::rope_thirds`]. The default model's grid has
+    /// one token position in time, so its 5 t pairs never turn: `[0, 8, 8]`
+    /// gives them to h and w. Written only when set, so that a config
+    /// without it reads the same in builds that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_pairs: Option<[usize; 3]>,
 }
 
 fn rope_base_default() -> f64 {
@@ -116,7 +124,24 @@ impl DitConfig {
                 self.rope_base
             );
         }
+        if let Some(pairs) = self.rope_pairs {
+            let total = self.head_dim() / 2;
+            if pairs.iter().sum::<usize>() != total {
+                crate::invalid!(
+                    "the RoPE pairs per axis (t, h, w) {pairs:?} must add up to the {total} \
+                     rotation pairs of a head of {} values",
+                    self.head_dim()
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// The RoPE rotation pairs of t, h and w: [`DitConfig::rope_pairs`], else
+    /// [`crate::nn::rope_thirds`].
+    pub fn rope_split(&self) -> [usize; 3] {
+        self.rope_pairs
+            .unwrap_or_else(|| crate::nn::rope_thirds(self.head_dim()))
     }
 
     pub fn head_dim(&self) -> usize {
@@ -224,6 +249,7 @@ mod tests {
             pos_embed: false,
             local_mix: false,
             rope_base: crate::nn::ROPE_BASE,
+            rope_pairs: None,
         }
     }
 
@@ -242,6 +268,33 @@ mod tests {
             err.to_string().contains("unknown field `rope_axes`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn rope_pairs_are_written_only_when_set_and_must_fill_the_head() {
+        // tiny: 2 heads of 4 values, so 2 rotation pairs a head
+        let json = serde_json::to_value(tiny()).unwrap();
+        assert!(json.get("rope_pairs").is_none(), "{json}");
+        assert_eq!(tiny().rope_split(), [0, 0, 2]);
+        let split = DitConfig {
+            rope_pairs: Some([0, 1, 1]),
+            ..tiny()
+        };
+        split.validate().unwrap();
+        assert_eq!(split.rope_split(), [0, 1, 1]);
+        let json = serde_json::to_value(&split).unwrap();
+        assert_eq!(json["rope_pairs"], serde_json::json!([0, 1, 1]));
+        assert_eq!(serde_json::from_value::<DitConfig>(json).unwrap(), split);
+        for wrong in [[0, 1, 2], [0, 0, 1]] {
+            let err = DitConfig {
+                rope_pairs: Some(wrong),
+                ..tiny()
+            }
+            .validate()
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("must add up to the 2 rotation pairs"), "{err}");
+        }
     }
 
     #[test]
@@ -272,10 +325,11 @@ mod tests {
             pos_embed: true,
             local_mix: true,
             rope_base: 100.0,
+            rope_pairs: Some([0, 1, 1]),
             ..tiny()
         })
         .unwrap();
-        for key in ["pos_embed", "local_mix", "rope_base"] {
+        for key in ["pos_embed", "local_mix", "rope_base", "rope_pairs"] {
             json.as_object_mut().unwrap().remove(key);
         }
         let old: DitConfig = serde_json::from_value(json).unwrap();

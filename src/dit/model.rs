@@ -238,7 +238,7 @@ impl Dit {
         *cache = None;
         let (cos, sin) = rope_3d(
             positions,
-            self.config.head_dim(),
+            self.config.rope_split(),
             self.config.rope_base,
             device,
         )?;

@@ -410,6 +410,8 @@ fn train_dit_then_generate_end_to_end() {
             "100",
             "--text-depth",
             "0",
+            "--rope-pairs",
+            "0,4,4",
             "--out",
             "dit",
         ][..],
@@ -434,12 +436,13 @@ fn train_dit_then_generate_end_to_end() {
     older["run"].as_object_mut().unwrap().remove("two_objects");
     std::fs::write(&config_path, older.to_string()).unwrap();
     assert_eq!(read()["dit"]["rope_base"], 100.0);
+    assert_eq!(read()["dit"]["rope_pairs"], serde_json::json!([0, 4, 4]));
     assert_eq!(read()["text"]["depth"], 0);
     // resuming, the architecture flags left out keep the run's own; one
     // given with another value is refused by name
     let mut more: Vec<&str> = train
         .chunks(2)
-        .filter(|pair| !["--rope-base", "--text-depth"].contains(&pair[0]))
+        .filter(|pair| !["--rope-base", "--text-depth", "--rope-pairs"].contains(&pair[0]))
         .flatten()
         .copied()
         .collect();
@@ -452,6 +455,12 @@ fn train_dit_then_generate_end_to_end() {
         "{}",
         text(&o)
     );
+    let o = minisora(&[&more[..], &["--rope-pairs", "8,0,0"]].concat(), d);
+    assert!(
+        !o.status.success() && text(&o).contains("differing: the DiT's rope_pairs"),
+        "{}",
+        text(&o)
+    );
     let o = minisora(&more, d);
     assert!(
         o.status.success() && text(&o).contains("step 3 of 3"),
@@ -460,6 +469,7 @@ fn train_dit_then_generate_end_to_end() {
     );
     assert!(read()["run"].get("two_objects").is_none());
     assert_eq!(read()["dit"]["rope_base"], 100.0);
+    assert_eq!(read()["dit"]["rope_pairs"], serde_json::json!([0, 4, 4]));
     assert_eq!(read()["text"]["depth"], 0);
     let gen = [
         &[
@@ -804,7 +814,9 @@ fn train_dit_then_generate_end_to_end() {
     }
 
     // the preset's patch, width, depth and heads can be overridden; the
-    // checkpoint records them, and generate builds the model from it
+    // checkpoint records them, and generate builds the model from it. RoPE
+    // pairs that fit the preset's heads of 16 values are refused for heads
+    // of 8, before any folder is made
     let custom = [
         &train[..train.len() - size.len() - 1],
         &[
@@ -814,6 +826,10 @@ fn train_dit_then_generate_end_to_end() {
         &size,
     ]
     .concat();
+    assert_refused(&custom, "must add up to the 4 rotation pairs", d);
+    assert!(!d.join("custom").exists());
+    let at = custom.iter().position(|&a| a == "--rope-pairs").unwrap();
+    let custom = [&custom[..at], &custom[at + 2..]].concat();
     let o = minisora(&custom, d);
     assert!(o.status.success(), "{}", text(&o));
     let config: serde_json::Value =
@@ -884,6 +900,8 @@ fn train_model_trains_both_stages_and_resumes_by_skipping_finished_ones() {
         "100",
         "--dit-text-depth",
         "3",
+        "--dit-rope-pairs",
+        "2,2,4",
         "--out",
         "m",
     ];
@@ -901,6 +919,10 @@ fn train_model_trains_both_stages_and_resumes_by_skipping_finished_ones() {
     // and so are its architecture's RoPE base and caption encoder depth
     assert_eq!(config("dit")["dit"]["rope_base"], 100.0);
     assert_eq!(config("dit")["text"]["depth"], 3);
+    assert_eq!(
+        config("dit")["dit"]["rope_pairs"],
+        serde_json::json!([2, 2, 4])
+    );
     assert!(
         out.contains("autoencoder: step 0 of 2") && out.contains("text encoder + DiT: step 0 of 2"),
         "{out}"

@@ -26,6 +26,7 @@ fn tiny() -> DitConfig {
         pos_embed: true,
         local_mix: false,
         rope_base: minisora::nn::ROPE_BASE,
+        rope_pairs: None,
     }
 }
 

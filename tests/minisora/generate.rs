@@ -77,6 +77,7 @@ fn job<'a>(vae_dir: &'a Path, run: RunConfig) -> DitJob<'a> {
             pos_embed: true,
             local_mix: true,
             rope_base: minisora::nn::ROPE_BASE,
+            rope_pairs: None,
         },
         text: TextConfig {
             vocab_size: 0,

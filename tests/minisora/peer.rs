@@ -27,11 +27,19 @@ fn the_pytorch_peer_reproduces_a_denoising_step() {
     };
     // two presets' shapes, the default's tokens (8x1x1 latent cells) and the
     // tiny one's; then both again with the local mix, and with another RoPE
-    // base; the script exits 1 on a parity miss and 2 on any other failure
-    for extra in [&[][..], &["--local-mix"], &["--rope-base", "100"]] {
+    // base; then the default (head size 32) with its RoPE pairs given to h
+    // and w; the script exits 1 on a parity miss and 2 on any other failure
+    let both = ["--preset", "tiny", "--preset", "default"];
+    for (presets, extra) in [
+        (&both[..], &[][..]),
+        (&both, &["--local-mix"]),
+        (&both, &["--rope-base", "100"]),
+        (&both[2..], &["--rope-pairs", "0,8,8"]),
+    ] {
         let out = Command::new(&python)
             .arg(repo.join("benches/peer/parity_and_speed.py"))
-            .args(["--parity-only", "--preset", "tiny", "--preset", "default"])
+            .arg("--parity-only")
+            .args(presets)
             .args(["--tokens", "8", "--tokens", "64", "--batch", "2", "--json"])
             .args(extra)
             .arg("--minisora")
@@ -46,7 +54,8 @@ fn the_pytorch_peer_reproduces_a_denoising_step() {
         assert!(out.status.success(), "{extra:?}: {text}");
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let cases = report["cases"].as_array().expect("a cases array");
-        assert_eq!(cases.len(), 4, "{text}");
+        // each preset at two token counts (a preset takes two words of flags)
+        assert_eq!(cases.len(), presets.len() / 2 * 2, "{text}");
         for case in cases {
             let err = case["rel_error"].as_f64().unwrap();
             assert!(err < 1e-4, "{extra:?}: {case}");
@@ -55,9 +64,10 @@ fn the_pytorch_peer_reproduces_a_denoising_step() {
 }
 
 #[test]
-fn bench_export_carries_its_rope_base_to_the_config_and_the_output() {
+fn bench_export_carries_its_rope_base_and_pairs_to_the_config_and_the_output() {
     // what the peer checks itself against: without torch this still holds,
-    // so a --rope-base the export dropped would not pass parity unseen
+    // so a --rope-base or --rope-pairs the export dropped would not pass
+    // parity unseen
     let dir = tempfile::tempdir().unwrap();
     let export = |out: &str, extra: &[&str]| {
         let o = Command::new(env!("CARGO_BIN_EXE_minisora"))
@@ -82,17 +92,26 @@ fn bench_export_carries_its_rope_base_to_the_config_and_the_output() {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        (config["dit"]["rope_base"].as_f64().unwrap(), out)
+        (config["dit"].clone(), out)
     };
-    let (base, plain) = export("plain", &[]);
-    assert_eq!(base, 10_000.0);
-    let (base, turned) = export("turned", &["--rope-base", "100"]);
-    assert_eq!(base, 100.0);
-    assert_eq!(plain.len(), turned.len());
-    let moved = plain
-        .iter()
-        .zip(&turned)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    assert!(moved > 1e-4, "the base did not reach the forward: {moved}");
+    let moved = |a: &[f32], b: &[f32]| {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let (config, plain) = export("plain", &[]);
+    assert_eq!(config["rope_base"], 10_000.0);
+    // left unset, the pairs are not written: older builds read the config
+    assert!(config.get("rope_pairs").is_none(), "{config}");
+    let (config, turned) = export("turned", &["--rope-base", "100"]);
+    assert_eq!(config["rope_base"], 100.0);
+    let m = moved(&plain, &turned);
+    assert!(m > 1e-4, "the base did not reach the forward: {m}");
+    // the tiny preset's head has 8 pairs (a third each: 2, 2, 4)
+    let (config, split) = export("split", &["--rope-pairs", "0,4,4"]);
+    assert_eq!(config["rope_pairs"], serde_json::json!([0, 4, 4]));
+    let m = moved(&plain, &split);
+    assert!(m > 1e-4, "the pairs did not reach the forward: {m}");
 }
