@@ -551,8 +551,9 @@ struct TrainDitArgs {
     rope_base: Option<f64>,
     /// RoPE rotation pairs of each head given to t, h and w, adding up to
     /// half the head size (see DitConfig::rope_pairs), instead of a third
-    /// each: the default model's grid has one position in time, so 0,8,8
-    /// gives its 5 unturned t pairs to h and w
+    /// each to t and h and the rest to w: a 16-frame clip's grid in the
+    /// default model has one position in time, so 0,8,8 gives its 5
+    /// unturned t pairs to h and w
     #[arg(long, value_name = "T,H,W", value_parser = rope_pairs_arg)]
     rope_pairs: Option<[usize; 3]>,
     /// Transformer blocks of the caption encoder; 0 encodes a caption by its

@@ -182,14 +182,17 @@ pub fn rope_thirds(head_dim: usize) -> [usize; 3] {
 /// Pair `i` of an axis with `n` pairs turns `base^(-i / n)` radians per
 /// position ([`ROPE_BASE`] is RoFormer's base).
 ///
-/// Returns `(cos, sin)`, each `(N, Dh / 2)`, for integer positions `[t, h, w]`.
+/// Returns `(cos, sin)`, each `(N, P)` for `P` the sum of `per_axis` (a
+/// head's `Dh / 2`), for integer positions `[t, h, w]`.
 pub fn rope_3d(
     positions: &[[usize; 3]],
     per_axis: [usize; 3],
     base: f64,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
-    let pairs: usize = per_axis.iter().sum();
+    let Some(pairs) = per_axis.iter().try_fold(0usize, |a, &n| a.checked_add(n)) else {
+        crate::invalid!("RoPE pairs per axis {per_axis:?} overflow");
+    };
     let mut cos = Vec::with_capacity(positions.len() * pairs);
     let mut sin = Vec::with_capacity(positions.len() * pairs);
     for pos in positions {
@@ -271,22 +274,37 @@ mod tests {
     }
 
     #[test]
-    fn rope_pairs_given_to_h_and_w_leave_time_unencoded() {
-        // the default model's head with its 5 t pairs given to h and w:
-        // 8 pairs each, and a token's time position turns nothing
+    fn rope_pairs_split_as_given_and_an_axis_without_pairs_is_not_encoded() {
+        // the default model's head of 32 (16 pairs) split otherwise: pair i
+        // of an axis with n pairs turns p * base^(-i / n), axes in t, h, w
+        // order; uneven splits catch the counts of two axes swapped
         assert_eq!(rope_thirds(32), [5, 5, 6]);
+        let at = [3, 2, 5];
+        for split in [[0, 8, 8], [1, 7, 8], [2, 9, 5]] {
+            let (cos, sin) = rope_3d(&[at], split, 100.0, &Device::Cpu).unwrap();
+            let (cos, sin) = (cos.to_vec2::<f32>().unwrap(), sin.to_vec2::<f32>().unwrap());
+            assert_eq!(cos[0].len(), 16);
+            let mut j = 0;
+            for (p, n) in at.iter().zip(split) {
+                for i in 0..n {
+                    let angle = *p as f64 * 100f64.powf(-(i as f64) / n as f64);
+                    assert!(
+                        (cos[0][j] as f64 - angle.cos()).abs() < 1e-6,
+                        "{split:?} {j}"
+                    );
+                    assert!(
+                        (sin[0][j] as f64 - angle.sin()).abs() < 1e-6,
+                        "{split:?} {j}"
+                    );
+                    j += 1;
+                }
+            }
+        }
+        // with no t pairs, a token's time position turns nothing
         let positions = [[0, 2, 3], [7, 2, 3]];
         let (cos, sin) = rope_3d(&positions, [0, 8, 8], 100.0, &Device::Cpu).unwrap();
         let (cos, sin) = (cos.to_vec2::<f32>().unwrap(), sin.to_vec2::<f32>().unwrap());
-        assert_eq!((cos[0].len(), &cos[0], &sin[0]), (16, &cos[1], &sin[1]));
-        let mut j = 0;
-        for p in [2.0f64, 3.0] {
-            for i in 0..8 {
-                let angle = p * 100f64.powf(-(i as f64) / 8.0);
-                assert!((cos[0][j] as f64 - angle.cos()).abs() < 1e-6, "{j}");
-                assert!((sin[0][j] as f64 - angle.sin()).abs() < 1e-6, "{j}");
-                j += 1;
-            }
-        }
+        assert_eq!((&cos[0], &sin[0]), (&cos[1], &sin[1]));
+        assert!(rope_3d(&positions, [usize::MAX, 1, 0], 100.0, &Device::Cpu).is_err());
     }
 }

@@ -61,7 +61,8 @@ pub struct DitConfig {
     /// Base of the self-attention's 3D RoPE frequencies
     /// ([`crate::nn::rope_3d`]): pair `i` of an axis with `n` pairs turns
     /// `base^(-i / n)` radians per token. The default model (head size 32:
-    /// 5 pairs for t, 5 for h, 6 for w) has a grid of 1 x 8 x 8 tokens; at
+    /// 5 pairs for t, 5 for h, 6 for w, [`DitConfig::rope_pairs`] unset) has
+    /// a grid of 1 x 8 x 8 tokens for a 16-frame clip; at
     /// RoFormer's 10000 only two pairs of h and two of w turn by more than
     /// half a radian across 8 tokens, at a base of 100 three of h and four
     /// of w. Checkpoints written before it existed read as 10000.
@@ -70,9 +71,11 @@ pub struct DitConfig {
     /// How many of each head's `head_dim / 2` RoPE rotation pairs go to t,
     /// h and w; `None` (the presets, and checkpoints written before it
     /// existed) is [`crate::nn::rope_thirds`]. The default model's grid has
-    /// one token position in time, so its 5 t pairs never turn: `[0, 8, 8]`
-    /// gives them to h and w. Written only when set, so that a config
-    /// without it reads the same in builds that predate it.
+    /// one token position in time for a 16-frame clip, so its 5 t pairs
+    /// never turn: `[0, 8, 8]` gives them to h and w (and leaves the time
+    /// positions of longer clips to the absolute position features alone).
+    /// Written only when set, so that a config without it reads the same in
+    /// builds that predate it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_pairs: Option<[usize; 3]>,
 }
@@ -126,7 +129,8 @@ impl DitConfig {
         }
         if let Some(pairs) = self.rope_pairs {
             let total = self.head_dim() / 2;
-            if pairs.iter().sum::<usize>() != total {
+            let sum = pairs.iter().try_fold(0usize, |a, &n| a.checked_add(n));
+            if sum != Some(total) {
                 crate::invalid!(
                     "the RoPE pairs per axis (t, h, w) {pairs:?} must add up to the {total} \
                      rotation pairs of a head of {} values",
@@ -285,7 +289,7 @@ mod tests {
         let json = serde_json::to_value(&split).unwrap();
         assert_eq!(json["rope_pairs"], serde_json::json!([0, 1, 1]));
         assert_eq!(serde_json::from_value::<DitConfig>(json).unwrap(), split);
-        for wrong in [[0, 1, 2], [0, 0, 1]] {
+        for wrong in [[0, 1, 2], [0, 0, 1], [usize::MAX, 1, 2]] {
             let err = DitConfig {
                 rope_pairs: Some(wrong),
                 ..tiny()

@@ -940,7 +940,13 @@ fn train_model_trains_both_stages_and_resumes_by_skipping_finished_ones() {
     let resume: Vec<&str> = train
         .chunks(2)
         .filter(|pair| {
-            !["--dit-two-objects", "--dit-rope-base", "--dit-text-depth"].contains(&pair[0])
+            ![
+                "--dit-two-objects",
+                "--dit-rope-base",
+                "--dit-text-depth",
+                "--dit-rope-pairs",
+            ]
+            .contains(&pair[0])
         })
         .flatten()
         .chain(&["--resume"])
@@ -975,12 +981,17 @@ fn train_model_trains_both_stages_and_resumes_by_skipping_finished_ones() {
         d,
     );
     assert!(o.status.success(), "{}", text(&o));
-    // a share outside [0, 1], or a RoPE base whose frequencies do not spread,
-    // is refused
-    // before any stage begins
+    // a share outside [0, 1], a RoPE base whose frequencies do not spread,
+    // or RoPE pairs that do not fill a head is refused before any stage
+    // begins
     for (flag, value, reason) in [
         ("--dit-two-objects", "1.5", "two-object"),
         ("--dit-rope-base", "1", "RoPE base"),
+        (
+            "--dit-rope-pairs",
+            "0,4,5",
+            "must add up to the 16 rotation pairs",
+        ),
     ] {
         let o = minisora(&["train", "model", flag, value, "--out", "bad"], d);
         assert!(

@@ -54,8 +54,10 @@ fn the_pytorch_peer_reproduces_a_denoising_step() {
         assert!(out.status.success(), "{extra:?}: {text}");
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let cases = report["cases"].as_array().expect("a cases array");
-        // each preset at two token counts (a preset takes two words of flags)
-        assert_eq!(cases.len(), presets.len() / 2 * 2, "{text}");
+        // a case for each preset (two words of flags each) at each of the
+        // two token counts
+        let presets_given = presets.len() / 2;
+        assert_eq!(cases.len(), presets_given * 2, "{text}");
         for case in cases {
             let err = case["rel_error"].as_f64().unwrap();
             assert!(err < 1e-4, "{extra:?}: {case}");
@@ -114,4 +116,22 @@ fn bench_export_carries_its_rope_base_and_pairs_to_the_config_and_the_output() {
     assert_eq!(config["rope_pairs"], serde_json::json!([0, 4, 4]));
     let m = moved(&plain, &split);
     assert!(m > 1e-4, "the pairs did not reach the forward: {m}");
+    // pairs that do not fill the head, or are not three numbers, are refused
+    for (pairs, needle) in [
+        ("0,4,5", "must add up to the 8 rotation pairs"),
+        ("0,8", "expected three whole numbers T,H,W"),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_minisora"))
+            .args(["bench", "export", "--preset", "tiny", "--tokens", "8"])
+            .args(["--rope-pairs", pairs, "--out", "refused"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && text.contains(needle),
+            "{pairs}: {text}"
+        );
+        assert!(!dir.path().join("refused").exists());
+    }
 }
