@@ -25,6 +25,10 @@ pub struct SampleOptions {
     pub sampler: String,
     /// Guidance scale; 1 is the conditional prediction alone.
     pub cfg: f64,
+    /// The times `[from, to]` (0 = data, 1 = noise) at which guidance
+    /// applies; outside them a step takes the conditional prediction alone
+    /// (a guidance interval, Kynkaanniemi et al. 2024). `[0, 1]`: every step.
+    pub cfg_interval: [f64; 2],
     /// Timestep shift (1 = uniform steps); `None`: the shift the model was
     /// trained with.
     pub shift: Option<f64>,
@@ -38,6 +42,7 @@ struct Guided<'a> {
     cond: Tensor,
     uncond: Tensor,
     cfg: f64,
+    cfg_interval: [f64; 2],
     last_prediction: RefCell<Option<Tensor>>,
 }
 
@@ -47,7 +52,8 @@ impl Denoiser for Guided<'_> {
     fn velocity(&self, x_t: &Tensor, t: f64) -> Result<Tensor> {
         let device = x_t.device();
         let x = x_t.to_dtype(self.model.dit.dtype())?;
-        let v = if self.cfg == 1.0 {
+        let [from, to] = self.cfg_interval;
+        let v = if self.cfg == 1.0 || t < from || t > to {
             let time = Tensor::new(&[t as f32], device)?;
             self.model
                 .velocity(&x, &time, &self.cond)?
@@ -172,6 +178,7 @@ pub fn generate_from(
             cond: ids(tok.encode(prompt)?)?,
             uncond: ids(tok.null())?,
             cfg: options.cfg,
+            cfg_interval: options.cfg_interval,
             last_prediction: RefCell::new(None),
         };
         let mut x = randn(
@@ -184,6 +191,12 @@ pub fn generate_from(
         let shift = options.shift.unwrap_or(meta.time_shift);
         if !(shift.is_finite() && shift > 0.0) {
             crate::invalid!("--shift must be a positive number, got {shift}");
+        }
+        let [from, to] = options.cfg_interval;
+        if !(0.0..=1.0).contains(&from) || !(from..=1.0).contains(&to) {
+            crate::invalid!(
+                "--cfg-interval must be two times FROM,TO with 0 <= FROM <= TO <= 1, got {from},{to}"
+            );
         }
         let times = timesteps(options.steps, shift);
         let mut first = 0;

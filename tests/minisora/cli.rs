@@ -788,6 +788,32 @@ fn train_dit_then_generate_end_to_end() {
         (&["train", "dit", "--out", "ft"], "--vae"),
         (
             &[
+                "generate",
+                "a red circle growing",
+                "--checkpoint",
+                "dit/checkpoint",
+                "--cfg-interval",
+                "0.5",
+                "-o",
+                "x.gif",
+            ],
+            "expected two numbers FROM,TO",
+        ),
+        (
+            &[
+                "generate",
+                "a red circle growing",
+                "--checkpoint",
+                "dit/checkpoint",
+                "--cfg-interval",
+                "0.9,0.1",
+                "-o",
+                "x.gif",
+            ],
+            "0 <= FROM <= TO <= 1",
+        ),
+        (
+            &[
                 "train",
                 "model",
                 "--preset",

@@ -138,6 +138,7 @@ fn a_tiny_model_learns_one_caption_and_generates_it() {
         steps: 20,
         sampler: "euler".into(),
         cfg: 1.0,
+        cfg_interval: [0.0, 1.0],
         shift: None,
         canvas: Canvas::new(4, 16, 16).unwrap(),
     };
@@ -193,6 +194,27 @@ fn a_tiny_model_learns_one_caption_and_generates_it() {
         .unwrap()
         .to_string();
     assert!(err.contains("same frames, height and width"), "{err}");
+    // guidance changes the clip, and a guidance interval no step falls in
+    // (the sampler never evaluates t = 0) is the conditional prediction
+    // alone, bit for bit; an interval out of order is refused
+    let guided = |cfg_interval: [f64; 2]| {
+        let o = SampleOptions {
+            cfg: 3.0,
+            cfg_interval,
+            ..options.clone()
+        };
+        generate(&model, &meta, &vae, caption.trim(), &o, &Device::Cpu)
+    };
+    let everywhere = guided([0.0, 1.0]).unwrap();
+    assert!(max_abs(&(&everywhere.latent - &g.latent).unwrap()) > 1e-3);
+    assert_eq!(guided([0.0, 0.0]).unwrap().frames, g.frames);
+    let part = guided([0.5, 1.0]).unwrap();
+    assert!(max_abs(&(&part.latent - &everywhere.latent).unwrap()) > 0.0);
+    assert!(max_abs(&(&part.latent - &g.latent).unwrap()) > 0.0);
+    for bad in [[0.8, 0.2], [-0.1, 1.0], [0.0, 1.5], [f64::NAN, 1.0]] {
+        let err = guided(bad).err().unwrap().to_string();
+        assert!(err.contains("--cfg-interval"), "{bad:?}: {err}");
+    }
     for sampler in ["heun", "dpm++2m"] {
         let o = SampleOptions {
             sampler: sampler.into(),
