@@ -1175,29 +1175,30 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
     Ok(())
 }
 
+/// Exactly `N` comma-separated numbers, or `None`.
+fn numbers<T: std::str::FromStr, const N: usize>(text: &str) -> Option<[T; N]> {
+    let parsed: Option<Vec<T>> = text.split(',').map(|p| p.trim().parse().ok()).collect();
+    parsed?.try_into().ok()
+}
+
 /// `FROM,TO` of `--cfg-interval`: two numbers; whether they are times in
 /// order is checked where they are used.
 fn interval_arg(text: &str) -> std::result::Result<[f64; 2], String> {
-    let numbers: Option<Vec<f64>> = text.split(',').map(|p| p.trim().parse().ok()).collect();
-    match numbers.as_deref() {
-        Some(&[from, to]) => Ok([from, to]),
-        _ => Err(format!(
+    numbers(text).ok_or_else(|| {
+        format!(
             "expected two numbers FROM,TO (times from 0, the clip, to 1, pure noise), got \"{text}\""
-        )),
-    }
+        )
+    })
 }
 
 /// `T,H,W` of `--rope-pairs`: three whole numbers; whether they fit the
 /// head is checked with the rest of the config.
 fn rope_pairs_arg(text: &str) -> std::result::Result<[usize; 3], String> {
-    let parts: Vec<&str> = text.split(',').map(str::trim).collect();
-    let numbers: Option<Vec<usize>> = parts.iter().map(|p| p.parse().ok()).collect();
-    match numbers.as_deref() {
-        Some(&[t, h, w]) => Ok([t, h, w]),
-        _ => Err(format!(
+    numbers(text).ok_or_else(|| {
+        format!(
             "expected three whole numbers T,H,W (pairs for time, height, width), got \"{text}\""
-        )),
-    }
+        )
+    })
 }
 
 fn parse_device(name: &str) -> Result<Device> {
