@@ -9,6 +9,7 @@ mod attention;
 pub mod cuda;
 mod fused;
 mod gather;
+mod inplace;
 mod linear;
 #[cfg(test)]
 pub(crate) mod test_util;
@@ -23,6 +24,7 @@ pub use fused::{
     silu_reference, softmax_last, softmax_last_reference,
 };
 pub use gather::{gather_neighbours, gather_neighbours_reference};
+pub use inplace::{adam_update, average_into, inplace_ok, AdamUpdate};
 pub use linear::{fused_linear, linear, linear_fused, linear_reference, set_fused_linear};
 
 /// Runs `f` with candle's CPU thread pool installed, this thread's work

@@ -429,7 +429,7 @@ pub fn train(
             write_json(&tmp.join("config.json"), &meta(step))?;
             write_tensors(&tmp.join("model.safetensors"), ema)?;
             write_tensors(&tmp.join("train.safetensors"), &raw)?;
-            write_tensors(&tmp.join("optimizer.safetensors"), &opt.state())?;
+            write_tensors(&tmp.join("optimizer.safetensors"), &opt.state()?)?;
             copy_vae(job.vae_dir, &tmp.join("vae"))
         })
     };

@@ -350,6 +350,12 @@ pub(crate) fn update_ema(
         let w = var.as_tensor();
         // a copy: the optimizer writes new values into the variable's own storage
         let next = match ema.get(name) {
+            // in place: every average is a copy of its own (below, or read
+            // from a checkpoint), so nothing else sees it change
+            Some(e) if decay > 0.0 && crate::ops::inplace_ok(&[e, w]) => {
+                crate::ops::average_into(e, w, decay, false)?;
+                continue;
+            }
             Some(e) if decay > 0.0 => ((e * decay)? + (w.detach() * (1.0 - decay))?)?,
             _ => w.copy()?.detach(),
         };

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::{invalid, Result};
+use crate::{invalid, ops, Result};
 
 /// AdamW's hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -72,6 +72,21 @@ impl AdamW {
             else {
                 continue;
             };
+            let theta = var.as_tensor();
+            if ops::inplace_ok(&[theta, g, m, v]) {
+                // the same arithmetic in three in-place passes (ops::inplace)
+                ops::average_into(m, g, c.beta1, false)?;
+                ops::average_into(v, g, c.beta2, true)?;
+                let update = ops::AdamUpdate {
+                    inv_bias1: 1.0 / bias1,
+                    inv_bias2: 1.0 / bias2,
+                    eps: c.eps,
+                    lr,
+                    decay: (c.weight_decay > 0.0).then_some(1.0 - lr * c.weight_decay),
+                };
+                ops::adam_update(theta, m, v, &update)?;
+                continue;
+            }
             // (1) m_t = b1 m + (1 - b1) g ;  v_t = b2 v + (1 - b2) g^2
             *m = ((&*m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
             *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
@@ -79,7 +94,6 @@ impl AdamW {
             let m_hat = (&*m / bias1)?;
             let v_hat = (&*v / bias2)?;
             let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
-            let theta = var.as_tensor();
             let decayed = if c.weight_decay > 0.0 {
                 (theta * (1.0 - lr * c.weight_decay))?
             } else {
@@ -90,14 +104,15 @@ impl AdamW {
         Ok(())
     }
 
-    /// The moments as named tensors (`m.NAME`, `v.NAME`), for a checkpoint.
-    pub fn state(&self) -> HashMap<String, Tensor> {
+    /// The moments as named tensors (`m.NAME`, `v.NAME`), for a checkpoint:
+    /// copies, since later steps update the moments in place.
+    pub fn state(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for (name, (m, v)) in &self.moments {
-            out.insert(format!("m.{name}"), m.clone());
-            out.insert(format!("v.{name}"), v.clone());
+            out.insert(format!("m.{name}"), m.copy()?);
+            out.insert(format!("v.{name}"), v.copy()?);
         }
-        out
+        Ok(out)
     }
 
     /// Restores moments saved by [`Self::state`] and the step count.
@@ -116,8 +131,9 @@ impl AdamW {
                     m.dims()
                 );
             }
-            *m = sm.to_device(m.device())?;
-            *v = sv.to_device(v.device())?;
+            // copies: the moments are updated in place, the state is the caller's
+            *m = sm.to_device(m.device())?.copy()?;
+            *v = sv.to_device(v.device())?.copy()?;
         }
         self.step = step;
         Ok(())

@@ -120,7 +120,7 @@ pub fn save(
         write_tensors(&tmp.join("model.safetensors"), weights)?;
         if let (Some(raw), Some((_, opt))) = (&raw, training) {
             write_tensors(&tmp.join("train.safetensors"), raw)?;
-            write_tensors(&tmp.join("optimizer.safetensors"), &opt.state())?;
+            write_tensors(&tmp.join("optimizer.safetensors"), &opt.state()?)?;
         }
         Ok(())
     })
