@@ -1,7 +1,8 @@
 //! The vendored candle-core's patches (third_party/README.md) against
 //! results computed by hand: sums over runs of leading or middle dims,
 //! gradients through nodes with one consumer, several consumers, and
-//! subtraction, and element-wise ops split over the caller's rayon pool.
+//! subtraction, element-wise ops split over the caller's rayon pool, and
+//! matrix products written into a buffer that is not zero-filled first.
 
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -131,4 +132,85 @@ fn element_wise_ops_on_the_callers_rayon_pool_cover_every_value_once() {
         .collect();
     assert_eq!(op(), by_hand);
     assert_eq!(Device::Cpu.with_context(op), by_hand);
+}
+
+/// `(b, m, k) x (b or 1, k, n)` by three loops, each value summed in `k`
+/// order.
+fn matmul_by_loop(a: &[f32], b: &[f32], dims: [usize; 4], rhs_batched: bool) -> Vec<f32> {
+    let [batch, m, k, n] = dims;
+    let mut out = Vec::with_capacity(batch * m * n);
+    for bi in 0..batch {
+        let rb = if rhs_batched { bi } else { 0 };
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|p| a[(bi * m + i) * k + p] as f64 * b[(rb * k + p) * n + j] as f64)
+                    .sum();
+                out.push(dot as f32);
+            }
+        }
+    }
+    out
+}
+
+/// Every value of a product is written though its buffer starts
+/// uninitialised: batched, with a batch-invariant right side (the folded
+/// path), transposed operands, and an inner size of 0 (all zeros). A
+/// buffer of NaNs of the product's size is freed just before each product,
+/// so the allocator is likely to hand it back: a value left unwritten would
+/// then read NaN, not a zero that happens to be right.
+#[test]
+fn matrix_products_write_every_value() {
+    let dev = Device::Cpu;
+    for (dims, rhs_batched) in [
+        ([3, 5, 7, 4], true),
+        ([3, 5, 7, 4], false),
+        ([2, 33, 65, 17], true),
+        ([1, 1, 9, 1], true),
+    ] {
+        let [batch, m, k, n] = dims;
+        let rb = if rhs_batched { batch } else { 1 };
+        let (av, bv) = (values(batch * m * k), values(rb * k * n + 3)[3..].to_vec());
+        let a = Tensor::from_vec(av.clone(), (batch, m, k), &dev).unwrap();
+        let b = Tensor::from_vec(bv.clone(), (rb, k, n), &dev).unwrap();
+        let want = matmul_by_loop(&av, &bv, dims, rhs_batched);
+        // f32 rounding of k products of values up to 4 in size, in gemm's order
+        let tol = 16.0 * k as f32 * 1e-6;
+        // leave freed garbage for the allocator to hand back
+        drop(Tensor::full(f32::NAN, batch * m * n, &dev).unwrap());
+        let b = if rhs_batched {
+            b
+        } else {
+            b.broadcast_as((batch, k, n)).unwrap()
+        };
+        let got = a
+            .matmul(&b)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= tol, "{dims:?}: {g} vs {w}");
+        }
+        // transposed operands: the same product as (b^T a^T)^T
+        let t = b.t().unwrap().matmul(&a.t().unwrap()).unwrap().t().unwrap();
+        let t = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (g, w) in t.iter().zip(&want) {
+            assert!((g - w).abs() <= tol, "{dims:?} transposed: {g} vs {w}");
+        }
+    }
+    let a = Tensor::zeros((2, 3, 0), DType::F32, &dev).unwrap();
+    let b = Tensor::zeros((2, 0, 4), DType::F32, &dev).unwrap();
+    drop(Tensor::full(f32::NAN, 24, &dev).unwrap());
+    let z = a.matmul(&b).unwrap();
+    assert_eq!(z.dims(), &[2, 3, 4]);
+    assert!(z
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .all(|&v| v == 0.0));
 }
