@@ -490,6 +490,10 @@ struct TrainModelArgs {
     /// of a third each (see train dit --rope-pairs); resuming, the run's own
     #[arg(long, value_name = "T,H,W", value_parser = rope_pairs_arg)]
     dit_rope_pairs: Option<[usize; 3]>,
+    /// Condition the DiT on the caption by joint attention instead of
+    /// cross-attention (see train dit --joint-text); resuming, the run's own
+    #[arg(long, value_name = "true|false")]
+    dit_joint_text: Option<bool>,
     /// Transformer blocks of the caption encoder; 0 encodes a caption by its
     /// word and position embeddings and the final LayerNorm alone [default:
     /// 2; resuming, the run's own]
@@ -528,7 +532,7 @@ struct TrainDitArgs {
     /// samples/model) instead of starting from random weights: its
     /// architecture, vocabulary and autoencoder are kept, and the optimiser
     /// and learning-rate schedule start afresh
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["preset", "patch", "hidden", "depth", "heads", "local_mix", "rope_base", "rope_pairs", "text_depth"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["preset", "patch", "hidden", "depth", "heads", "local_mix", "rope_base", "rope_pairs", "joint_text", "text_depth"])]
     init: Option<PathBuf>,
     /// DiT preset: default, S, B, L, XL [default: default]
     #[arg(long)]
@@ -551,8 +555,9 @@ struct TrainDitArgs {
     local_mix: Option<bool>,
     /// Base of the self-attention's 3D RoPE frequencies, above 1 (see
     /// DitConfig::rope_base), instead of the preset's 10000. Resuming, the
-    /// architecture flags left out (this, --rope-pairs, --patch, --hidden,
-    /// --depth, --heads, --local-mix, --text-depth) keep the run's own
+    /// architecture flags left out (this, --rope-pairs, --joint-text,
+    /// --patch, --hidden, --depth, --heads, --local-mix, --text-depth) keep
+    /// the run's own
     #[arg(long, value_name = "BASE")]
     rope_base: Option<f64>,
     /// RoPE rotation pairs of each head given to t, h and w, adding up to
@@ -562,6 +567,12 @@ struct TrainDitArgs {
     /// unturned t pairs to h and w
     #[arg(long, value_name = "T,H,W", value_parser = rope_pairs_arg)]
     rope_pairs: Option<[usize; 3]>,
+    /// Condition on the caption by joint attention (SD3's MMDiT, lighter:
+    /// the caption's tokens a second stream in each block's self-attention,
+    /// updated from the video; see DitConfig::joint_text) instead of
+    /// cross-attention, the preset's choice. One clip per sequence
+    #[arg(long, value_name = "true|false")]
+    joint_text: Option<bool>,
     /// Transformer blocks of the caption encoder; 0 encodes a caption by its
     /// word and position embeddings and the final LayerNorm alone [default:
     /// 2; resuming, the run's own]
@@ -1126,6 +1137,7 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
                 local_mix: args.local_mix.unwrap_or(left_out.local_mix),
                 rope_base: args.rope_base.unwrap_or(left_out.rope_base),
                 rope_pairs: args.rope_pairs.or(left_out.rope_pairs),
+                joint_text: args.joint_text.unwrap_or(left_out.joint_text),
                 ..base.clone()
             };
             let text = minisora::text::TextConfig {
@@ -1591,6 +1603,10 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
                 .dit_rope_pairs
                 .or(resumed.as_ref().and_then(|meta| meta.dit.rope_pairs))
                 .or(preset.dit.rope_pairs),
+            joint_text: args
+                .dit_joint_text
+                .or(resumed.as_ref().map(|meta| meta.dit.joint_text))
+                .unwrap_or(preset.dit.joint_text),
             latent_channels,
             ..preset.dit.clone()
         },

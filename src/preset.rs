@@ -75,6 +75,7 @@ fn dit(hidden: usize, depth: usize, heads: usize, context_dim: usize) -> DitConf
         local_mix: false,
         rope_base: crate::nn::ROPE_BASE,
         rope_pairs: None,
+        joint_text: false,
     }
 }
 

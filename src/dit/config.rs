@@ -12,6 +12,17 @@
 //!               [h = modulate(LN(x)); MLP(h + dwconv3x3(h))]   local_mix: (9, D) per block, no bias
 //! final:      modulate(LN(x)) -> Linear(D, C*pt*ph*pw)        adaLN Linear(D, 2D)
 //! ```
+//! With `joint_text` (SD3's MMDiT, lighter) the cross-attention line goes
+//! and the caption's tokens `s` (`L` of them, from the context projection)
+//! become a second stream that shares the self-attention:
+//! ```text
+//! per block:  [x; s] attend jointly: video q, k, v as above (RoPE on the
+//!             video's), text q, k, v = Linear(D, 3D)(LN(s)), LN affine
+//!             x += gate1 * out(video rows)
+//!             s += Linear(D, D)(text rows); s += MLP(LN(s))    not in the last block
+//! ```
+//! The text stream has no adaLN of its own, and the last block only reads
+//! it (its text outputs would go nowhere).
 //! A multiply-add counts as 2 FLOPs. Norms, softmax, RoPE and elementwise
 //! ops are left out of the FLOP count (they are memory-bound and a few
 //! percent of the total at these widths).
@@ -78,6 +89,18 @@ pub struct DitConfig {
     /// builds that predate it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_pairs: Option<[usize; 3]>,
+    /// Condition on the caption by joint attention (the module docs'
+    /// second diagram, after SD3's MMDiT) instead of cross-attention: the
+    /// caption's tokens are a stream of their own, updated in every block
+    /// from the video tokens they attend to. One clip and one caption per
+    /// sequence (no packing). Written only when set, so that a config
+    /// without it reads the same in builds that predate it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub joint_text: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn rope_base_default() -> f64 {
@@ -175,18 +198,27 @@ impl DitConfig {
         let p = self.token_dim() as u64;
         let f = self.freq_dim as u64;
         let linear = |i: u64, o: u64| i * o + o;
+        let mlp = linear(d, r * d) + linear(r * d, d);
         let block = linear(d, 6 * d)            // adaLN modulation
             + linear(d, 3 * d) + linear(d, d)   // self-attention
-            + linear(d, d) + linear(d, 2 * d) + linear(d, d) // cross-attention
-            + 2 * d                             // cross-attention's LayerNorm (affine)
-            + linear(d, r * d) + linear(r * d, d) // MLP
+            + mlp
             + if self.local_mix { 9 * d } else { 0 }; // depthwise 3x3
+        let depth = self.depth as u64;
+        let text = if self.joint_text {
+            // every block: LN (affine) and q, k, v of the text stream; all
+            // but the last: its output projection, LN and MLP
+            depth * (2 * d + linear(d, 3 * d))
+                + depth.saturating_sub(1) * (linear(d, d) + 2 * d + mlp)
+        } else {
+            // cross-attention: LN (affine), q, kv, out
+            depth * (2 * d + linear(d, d) + linear(d, 2 * d) + linear(d, d))
+        };
         let embed = linear(p, d)                // patch embedding
             + linear(f, d) + linear(d, d)       // timestep MLP
             + linear(e, d)                      // context projection
             + linear(e, d); // pooled text -> conditioning
         let last = linear(d, 2 * d) + linear(d, p);
-        embed + self.pos_features() * d + self.depth as u64 * block + last
+        embed + self.pos_features() * d + depth * block + text + last
     }
 
     /// Cost of one forward on `batch` clips of `tokens` video tokens each.
@@ -200,27 +232,50 @@ impl DitConfig {
         let f = self.freq_dim as u64;
         let depth = self.depth as u64;
         let mm = |m: u64, k: u64, n: u64| 2 * m * k * n;
-        // per clip and block
-        let attention = mm(n, d, n) + mm(n, n, d) // self: QK^T over all heads, AV
-            + mm(n, d, l) + mm(n, l, d); // cross
-        let attention_proj = mm(n, d, 3 * d) + mm(n, d, d) // self qkv, out
-            + mm(n, d, d) + mm(l, d, 2 * d) + mm(n, d, d); // cross q, kv, out
-                                                           // the depthwise 3x3 mix: 9 multiply-adds per value
+        // per clip, summed over the blocks
+        let self_proj = mm(n, d, 3 * d) + mm(n, d, d); // self qkv, out
+                                                       // the depthwise 3x3 mix: 9 multiply-adds per value
         let mix = if self.local_mix { 2 * 9 * n * d } else { 0 };
-        let mlp = mm(n, d, r * d) + mm(n, r * d, d) + mix;
+        let video_mlp = mm(n, d, r * d) + mm(n, r * d, d) + mix;
+        let (attention, attention_proj, mlp) = if self.joint_text {
+            // QK^T and AV over the N + L tokens of both streams; the text
+            // stream's qkv in every block, its out and MLP in all but the last
+            let s = n + l;
+            let text_out = mm(l, d, d);
+            let text_mlp = mm(l, d, r * d) + mm(l, r * d, d);
+            let rest = depth.saturating_sub(1);
+            (
+                depth * (mm(s, d, s) + mm(s, s, d)),
+                depth * (self_proj + mm(l, d, 3 * d)) + rest * text_out,
+                depth * video_mlp + rest * text_mlp,
+            )
+        } else {
+            (
+                depth
+                    * (mm(n, d, n) + mm(n, n, d) // self: QK^T over all heads, AV
+                + mm(n, d, l) + mm(n, l, d)), // cross
+                depth * (self_proj + mm(n, d, d) + mm(l, d, 2 * d) + mm(n, d, d)), // cross q, kv, out
+                depth * video_mlp,
+            )
+        };
         let modulation = mm(1, d, 6 * d);
         let other = mm(n, p, d) + mm(1, f, d) + mm(1, d, d) + mm(l, e, d) + mm(1, e, d) // embeddings
             + depth * modulation
             + mm(1, d, 2 * d) + mm(n, d, p); // final layer
-        let attention_flops = b * depth * attention;
-        let attention_proj_flops = b * depth * attention_proj;
-        let mlp_flops = b * depth * mlp;
+        let attention_flops = b * attention;
+        let attention_proj_flops = b * attention_proj;
+        let mlp_flops = b * mlp;
         // the position embedding is computed once per forward and shared by the batch
         let other_flops = b * other + mm(n, self.pos_features(), d);
         let h = self.heads as u64;
+        let scores = if self.joint_text {
+            (n + l) * (n + l)
+        } else {
+            n * n.max(l)
+        };
         let activation_floats = b
             * (n * d /* residual */ + n * d /* normed */ + 3 * n * d /* qkv */ + n * d /* attn out */
-            + n * r * d /* mlp hidden */ + h * n * n.max(l)/* scores */);
+            + n * r * d /* mlp hidden */ + h * scores);
         StepCost {
             batch,
             tokens,
@@ -254,6 +309,7 @@ mod tests {
             local_mix: false,
             rope_base: crate::nn::ROPE_BASE,
             rope_pairs: None,
+            joint_text: false,
         }
     }
 
@@ -279,6 +335,7 @@ mod tests {
         // tiny: 2 heads of 4 values, so 2 rotation pairs a head
         let json = serde_json::to_value(tiny()).unwrap();
         assert!(json.get("rope_pairs").is_none(), "{json}");
+        assert!(json.get("joint_text").is_none(), "{json}");
         assert_eq!(tiny().rope_split(), [0, 0, 2]);
         let split = DitConfig {
             rope_pairs: Some([0, 1, 1]),
@@ -321,6 +378,18 @@ mod tests {
             ..tiny()
         };
         assert_eq!(with_mix.params(), tiny().params() + 72);
+        // joint text, one block (the last): no cross-attention (288 + LN 16),
+        // the text stream's LN 16 and qkv 8*24+24 = 216
+        let joint = DitConfig {
+            joint_text: true,
+            ..tiny()
+        };
+        assert_eq!(joint.params(), tiny().params() - 304 + 232);
+        // a second block adds a whole block (1576 - 304 = 1272 without
+        // cross-attention), its text LN and qkv (232), and the first
+        // block's text out 72, LN 16 and MLP 552
+        let joint2 = DitConfig { depth: 2, ..joint };
+        assert_eq!(joint2.params(), joint.params() + 1272 + 232 + 72 + 16 + 552);
     }
 
     #[test]
@@ -330,10 +399,17 @@ mod tests {
             local_mix: true,
             rope_base: 100.0,
             rope_pairs: Some([0, 1, 1]),
+            joint_text: true,
             ..tiny()
         })
         .unwrap();
-        for key in ["pos_embed", "local_mix", "rope_base", "rope_pairs"] {
+        for key in [
+            "pos_embed",
+            "local_mix",
+            "rope_base",
+            "rope_pairs",
+            "joint_text",
+        ] {
             json.as_object_mut().unwrap().remove(key);
         }
         let old: DitConfig = serde_json::from_value(json).unwrap();
@@ -375,6 +451,21 @@ mod tests {
             ..tiny()
         };
         assert_eq!(with_mix.step_cost(4, 1).mlp_flops, 4096 + 576);
+        // joint text over N + L = 7 tokens: QK^T and AV 2*7*8*7 each; the
+        // text stream's qkv 2*3*8*24 (its out and MLP skipped in the only,
+        // last, block)
+        let joint = DitConfig {
+            joint_text: true,
+            ..tiny()
+        };
+        let j = joint.step_cost(4, 1);
+        assert_eq!(j.attention_flops, 784 + 784);
+        assert_eq!(j.attention_proj_flops, 1536 + 512 + 1152);
+        assert_eq!(j.mlp_flops, 4096);
+        let j2 = DitConfig { depth: 2, ..joint }.step_cost(4, 1);
+        // block one's text out 2*3*8*8 = 384 and MLP 2*3*8*32 * 2 = 3072
+        assert_eq!(j2.attention_proj_flops, 2 * (1536 + 512 + 1152) + 384);
+        assert_eq!(j2.mlp_flops, 2 * 4096 + 3072);
         // the position embedding adds 2*4*96*8 once per forward, whatever the batch
         let with_pos = DitConfig {
             pos_embed: true,

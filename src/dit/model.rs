@@ -61,14 +61,30 @@ fn full_grid(positions: &[[usize; 3]]) -> Option<[usize; 3]> {
     raster.then_some(grid)
 }
 
+/// Cross-attention from the video tokens to the caption.
+struct Cross {
+    norm: LayerNorm,
+    q: Linear,
+    kv: Linear,
+    proj: Linear,
+}
+
+/// The caption's side of a joint-attention block (`DitConfig::joint_text`).
+struct TextStream {
+    norm1: LayerNorm,
+    qkv: Linear,
+    /// Output projection, LayerNorm and MLP; `None` in the last block, whose
+    /// text outputs nothing reads.
+    update: Option<(Linear, LayerNorm, Mlp)>,
+}
+
 struct Block {
     ada: Linear,
     qkv: Linear,
     proj: Linear,
-    norm_cross: LayerNorm,
-    q: Linear,
-    kv: Linear,
-    cross_proj: Linear,
+    /// Exactly one of these two: `cross` without `joint_text`, else `text`.
+    cross: Option<Cross>,
+    text: Option<TextStream>,
     mlp: Mlp,
     mix: Option<LocalMix>,
     heads: usize,
@@ -78,7 +94,8 @@ struct Block {
 pub struct Conditioning<'a> {
     /// `(B, 1 or N, D)`: timestep and pooled text, per clip or per token.
     pub c: &'a Tensor,
-    /// `(B, L, D)`: projected text context.
+    /// `(B, L, D)`: projected text context (with `joint_text`, the text
+    /// stream's input to the first block).
     pub context: &'a Tensor,
     /// `(B, 1, 1 or N, L)` additive: hides padding (and, packed, other clips' captions).
     pub context_bias: &'a Tensor,
@@ -96,16 +113,40 @@ pub struct Conditioning<'a> {
 }
 
 impl Block {
-    fn new(cfg: &DitConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &DitConfig, last: bool, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden;
+        let (cross, text) = if cfg.joint_text {
+            let update = if last {
+                None
+            } else {
+                Some((
+                    candle_nn::linear(d, d, vb.pp("text_proj"))?,
+                    LayerNorm::new(d, vb.pp("text_norm2"))?,
+                    Mlp::new(d, cfg.mlp_ratio * d, vb.pp("text_mlp"))?,
+                ))
+            };
+            let text = TextStream {
+                norm1: LayerNorm::new(d, vb.pp("text_norm1"))?,
+                qkv: candle_nn::linear(d, 3 * d, vb.pp("text_qkv"))?,
+                update,
+            };
+            (None, Some(text))
+        } else {
+            // the names of the checkpoints written before joint_text existed
+            let cross = Cross {
+                norm: LayerNorm::new(d, vb.pp("norm_cross"))?,
+                q: candle_nn::linear(d, d, vb.pp("q"))?,
+                kv: candle_nn::linear(d, 2 * d, vb.pp("kv"))?,
+                proj: candle_nn::linear(d, d, vb.pp("cross_proj"))?,
+            };
+            (Some(cross), None)
+        };
         Ok(Self {
             ada: linear_zero(d, 6 * d, vb.pp("ada"))?,
             qkv: candle_nn::linear(d, 3 * d, vb.pp("qkv"))?,
             proj: candle_nn::linear(d, d, vb.pp("proj"))?,
-            norm_cross: LayerNorm::new(d, vb.pp("norm_cross"))?,
-            q: candle_nn::linear(d, d, vb.pp("q"))?,
-            kv: candle_nn::linear(d, 2 * d, vb.pp("kv"))?,
-            cross_proj: candle_nn::linear(d, d, vb.pp("cross_proj"))?,
+            cross,
+            text,
             mlp: Mlp::new(d, cfg.mlp_ratio * d, vb.pp("mlp"))?,
             mix: if cfg.local_mix {
                 Some(LocalMix::new(d, vb.pp("mix"))?)
@@ -116,8 +157,9 @@ impl Block {
         })
     }
 
-    /// `(B, N, D) -> (B, N, D)`.
-    fn forward(&self, x: &Tensor, cond: &Conditioning) -> Result<Tensor> {
+    /// `(B, N, D) -> (B, N, D)`; `text` is the caption's stream `(B, L, D)`
+    /// with `joint_text`, which the block returns updated (else unchanged).
+    fn forward(&self, x: &Tensor, text: &Tensor, cond: &Conditioning) -> Result<(Tensor, Tensor)> {
         let d = x.dim(D::Minus1)?;
         let m = apply_last(&self.ada, &cond.c.silu()?)?; // (B, 1|N, 6D)
         let chunk = |i: usize| m.narrow(D::Minus1, i * d, d);
@@ -125,40 +167,89 @@ impl Block {
         let (shift2, scale2, gate2) = (chunk(3)?, chunk(4)?, chunk(5)?);
 
         // self-attention over the spacetime tokens, positions by 3D RoPE
+        // (with joint_text, over the caption's tokens too, which have none)
         let h = norm_modulate(x, &shift1, &scale1)?;
-        // (B, N, 3D) -> (3, B, H, N, Dh) in one copy: q, k and v are then
-        // contiguous views (narrowing first would copy each twice)
-        let (b, n, _) = x.dims3()?;
-        let qkv = apply_last(&self.qkv, &h)?
-            .reshape((b, n, 3, self.heads, d / self.heads))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
+        let qkv = self.heads_of(&apply_last(&self.qkv, &h)?)?;
         let q = apply_rope(&qkv.get(0)?, cond.cos, cond.sin)?;
         let k = apply_rope(&qkv.get(1)?, cond.cos, cond.sin)?;
-        let a = merge_heads(&attention(&q, &k, &qkv.get(2)?, cond.self_bias)?)?;
-        let x = (x + apply_last(&self.proj, &a)?.broadcast_mul(&gate1)?)?;
-
-        // cross-attention to the caption
-        let q = split_heads(
-            &apply_last(&self.q, &self.norm_cross.forward(&x)?)?,
-            self.heads,
-        )?;
-        let kv = apply_last(&self.kv, cond.context)?;
-        let k = split_heads(&kv.narrow(D::Minus1, 0, d)?, self.heads)?;
-        let v = split_heads(&kv.narrow(D::Minus1, d, d)?, self.heads)?;
-        let a = match cond.context_segments {
-            Some(segments) => crate::ops::flash_attention(&q, &k, &v, Some(segments))?,
-            None => attention(&q, &k, &v, Some(cond.context_bias))?,
+        let v = qkv.get(2)?;
+        let (x, text) = match (&self.text, &self.cross) {
+            (Some(stream), _) => self.joint(x, text, [&q, &k, &v], &gate1, stream, cond)?,
+            (None, Some(cross)) => {
+                let a = merge_heads(&attention(&q, &k, &v, cond.self_bias)?)?;
+                let x = (x + apply_last(&self.proj, &a)?.broadcast_mul(&gate1)?)?;
+                (cross.forward(&x, cond, self.heads)?, text.clone())
+            }
+            (None, None) => invalid!("a DiT block with neither cross- nor joint attention"),
         };
-        let a = merge_heads(&a)?;
-        let x = (&x + apply_last(&self.cross_proj, &a)?)?;
 
         // MLP, its input first mixed over each token's neighbours
         let mut h = norm_modulate(&x, &shift2, &scale2)?;
         if let (Some(mix), Some(grid)) = (&self.mix, cond.grid) {
             h = (&h + mix.forward(&h, grid)?)?;
         }
-        Ok((&x + self.mlp.forward(&h)?.broadcast_mul(&gate2)?)?)
+        Ok(((&x + self.mlp.forward(&h)?.broadcast_mul(&gate2)?)?, text))
+    }
+
+    /// Joint attention: the video's `q, k, v` `(B, H, N, Dh)` (RoPE applied)
+    /// and the caption stream's attend over both; returns `x` with the
+    /// gated video output added, and the caption stream updated.
+    fn joint(
+        &self,
+        x: &Tensor,
+        text: &Tensor,
+        [q, k, v]: [&Tensor; 3],
+        gate: &Tensor,
+        stream: &TextStream,
+        cond: &Conditioning,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, n, _) = x.dims3()?;
+        let l = text.dim(1)?;
+        let tqkv = self.heads_of(&apply_last(&stream.qkv, &stream.norm1.forward(text)?)?)?;
+        let cat = |i: usize, video: &Tensor| -> Result<Tensor> {
+            Ok(Tensor::cat(&[video, &tqkv.get(i)?], 2)?)
+        };
+        // every video key is seen; the caption's padding never is
+        let video_keys = Tensor::zeros((b, 1, 1, n), cond.context_bias.dtype(), x.device())?;
+        let bias = Tensor::cat(&[&video_keys, cond.context_bias], 3)?;
+        let a = attention(&cat(0, q)?, &cat(1, k)?, &cat(2, v)?, Some(&bias))?;
+        let video = merge_heads(&a.narrow(2, 0, n)?)?;
+        let x = (x + apply_last(&self.proj, &video)?.broadcast_mul(gate)?)?;
+        let text = match &stream.update {
+            Some((proj, norm2, mlp)) => {
+                let t = merge_heads(&a.narrow(2, n, l)?)?;
+                let t = (text + apply_last(proj, &t)?)?;
+                (&t + mlp.forward(&norm2.forward(&t)?)?)?
+            }
+            None => text.clone(),
+        };
+        Ok((x, text))
+    }
+
+    /// `(B, S, 3D) -> (3, B, H, S, Dh)` in one copy: q, k and v are then
+    /// contiguous views (narrowing first would copy each twice).
+    fn heads_of(&self, qkv: &Tensor) -> Result<Tensor> {
+        let (b, s, d3) = qkv.dims3()?;
+        Ok(qkv
+            .reshape((b, s, 3, self.heads, d3 / 3 / self.heads))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?)
+    }
+}
+
+impl Cross {
+    /// `x` plus its cross-attention to the caption.
+    fn forward(&self, x: &Tensor, cond: &Conditioning, heads: usize) -> Result<Tensor> {
+        let d = x.dim(D::Minus1)?;
+        let q = split_heads(&apply_last(&self.q, &self.norm.forward(x)?)?, heads)?;
+        let kv = apply_last(&self.kv, cond.context)?;
+        let k = split_heads(&kv.narrow(D::Minus1, 0, d)?, heads)?;
+        let v = split_heads(&kv.narrow(D::Minus1, d, d)?, heads)?;
+        let a = match cond.context_segments {
+            Some(segments) => crate::ops::flash_attention(&q, &k, &v, Some(segments))?,
+            None => attention(&q, &k, &v, Some(cond.context_bias))?,
+        };
+        Ok((x + apply_last(&self.proj, &merge_heads(&a)?)?)?)
     }
 }
 
@@ -210,7 +301,7 @@ impl Dit {
             context_proj: candle_nn::linear(e, d, vb.pp("context_proj"))?,
             pooled_proj: candle_nn::linear(e, d, vb.pp("pooled_proj"))?,
             blocks: (0..config.depth)
-                .map(|i| Block::new(config, vb.pp("blocks").pp(i)))
+                .map(|i| Block::new(config, i + 1 == config.depth, vb.pp("blocks").pp(i)))
                 .collect::<Result<_>>()?,
             final_ada: linear_zero(d, 2 * d, vb.pp("final_ada"))?,
             final_linear: linear_zero(d, p, vb.pp("final_linear"))?,
@@ -292,7 +383,11 @@ impl Dit {
         // on a GPU, the caption's padding mask as segment ids for the fused
         // kernel: kept words have a bias of exactly 0
         let context_segments = match context_bias.dims4()? {
-            (b, 1, 1, l) if tokens.device().is_cuda() && crate::ops::cuda::COMPILED => {
+            (b, 1, 1, l)
+                if !self.config.joint_text
+                    && tokens.device().is_cuda()
+                    && crate::ops::cuda::COMPILED =>
+            {
                 let keep = context_bias
                     .reshape((b, l))?
                     .eq(0.0)?
@@ -308,6 +403,11 @@ impl Dit {
         } else {
             None
         };
+        if self.config.joint_text && (self_bias.is_some() || context_bias.dim(2)? != 1) {
+            invalid!(
+                "this DiT attends jointly to video and caption tokens (joint_text), which needs one clip and its caption per sequence: packed sequences are not supported"
+            );
+        }
         if self.config.local_mix && grid.is_none() {
             invalid!(
                 "this DiT mixes neighbouring tokens (local_mix), which needs one clip's full grid of tokens per sequence: packed or partial sequences are not supported"
@@ -327,8 +427,9 @@ impl Dit {
         if let (Some(pos_proj), Some(features)) = (&self.pos_proj, &features) {
             x = x.broadcast_add(&pos_proj.forward_t(features)?)?; // + (N, D)
         }
+        let mut text = context.clone();
         for block in &self.blocks {
-            x = block.forward(&x, &cond)?;
+            (x, text) = block.forward(&x, &text, &cond)?;
         }
         let d = self.config.hidden;
         let m = apply_last(&self.final_ada, &c.silu()?)?;

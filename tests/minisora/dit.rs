@@ -27,6 +27,15 @@ fn tiny() -> DitConfig {
         local_mix: false,
         rope_base: minisora::nn::ROPE_BASE,
         rope_pairs: None,
+        joint_text: false,
+    }
+}
+
+/// [`tiny`] with the caption as a joint-attention stream.
+fn joint() -> DitConfig {
+    DitConfig {
+        joint_text: true,
+        ..tiny()
     }
 }
 
@@ -71,7 +80,13 @@ fn perturb(varmap: &VarMap) {
 
 #[test]
 fn output_shape_is_input_shape_and_a_fresh_model_outputs_zeros() {
-    let (dit, varmap) = build(&tiny());
+    for cfg in [tiny(), joint()] {
+        shapes_and_zeros(&cfg);
+    }
+}
+
+fn shapes_and_zeros(cfg: &DitConfig) {
+    let (dit, varmap) = build(cfg);
     for (t, h, w) in [(1, 2, 2), (4, 4, 4), (3, 2, 6), (2, 8, 4)] {
         let x = noise(&[2, 4, t, h, w], 1);
         let (ctx, pooled, keep) = text(2);
@@ -117,11 +132,33 @@ fn the_parameter_count_is_the_one_config_counts() {
             local_mix: true,
             ..tiny()
         },
+        joint(),
+        DitConfig {
+            depth: 1,
+            ..joint()
+        },
+        DitConfig {
+            depth: 3,
+            ..joint()
+        },
     ] {
         let (_, varmap) = build(&cfg);
         let real: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
         assert_eq!(real as u64, cfg.params());
     }
+}
+
+/// `clips` packed into one sequence padded to 24 tokens, and its
+/// self-attention mask `(1, 1, N, N)`.
+fn packed_with_bias(clips: &[minisora::patch::Patches]) -> (minisora::patch::Packed, Tensor) {
+    let packed = pack(clips, Some(24)).unwrap();
+    let l = packed.len();
+    let bias = packed
+        .attention_bias(DType::F32, &Device::Cpu)
+        .unwrap()
+        .reshape((1, 1, l, l))
+        .unwrap();
+    (packed, bias)
 }
 
 #[test]
@@ -143,13 +180,7 @@ fn packed_tokens_see_only_their_own_clip_and_never_padding() {
         })
         .collect();
     let run = |clips: &[minisora::patch::Patches]| -> Vec<Tensor> {
-        let packed = pack(clips, Some(24)).unwrap();
-        let l = packed.len();
-        let bias = packed
-            .attention_bias(DType::F32, &Device::Cpu)
-            .unwrap()
-            .reshape((1, 1, l, l))
-            .unwrap();
+        let (packed, bias) = packed_with_bias(clips);
         // padding: finite bias so padded rows (which see only themselves) stay finite
         let (ctx, pooled, keep) = text(1);
         let c = dit
@@ -216,10 +247,18 @@ fn packed_tokens_see_only_their_own_clip_and_never_padding() {
 #[test]
 fn every_parameter_of_the_dit_and_text_encoder_learns() {
     // with the local mix, so that its kernels are among the parameters
-    let cfg = DitConfig {
+    every_parameter_learns(&DitConfig {
         local_mix: true,
         ..tiny()
-    };
+    });
+}
+
+#[test]
+fn every_parameter_of_a_joint_attention_dit_learns() {
+    every_parameter_learns(&joint());
+}
+
+fn every_parameter_learns(cfg: &DitConfig) {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let tok = Tokenizer::from_captions(["a red circle growing", "a blue square moving left"], 6);
@@ -231,7 +270,7 @@ fn every_parameter_of_the_dit_and_text_encoder_learns() {
         heads: 2,
     };
     let text = TextEncoder::new(&tcfg, vb.pp("text")).unwrap();
-    let dit = Dit::new(&cfg, vb.pp("dit")).unwrap();
+    let dit = Dit::new(cfg, vb.pp("dit")).unwrap();
     seeded_init(&varmap, 1).unwrap();
     let ids: Vec<u32> = ["a red circle growing", "a blue square moving left"]
         .iter()
@@ -263,4 +302,48 @@ fn every_parameter_of_the_dit_and_text_encoder_learns() {
     }
     missing.sort();
     assert!(missing.is_empty(), "no gradient for {missing:?}");
+}
+
+/// With joint attention the caption's padding is never seen (by the video
+/// tokens nor by the caption's words), its words are, and a packed batch
+/// (which would need a mask across both streams) is refused by name.
+#[test]
+fn a_joint_attention_dit_reads_the_captions_words_and_never_its_padding() {
+    let (dit, varmap) = build(&joint());
+    perturb(&varmap);
+    let x = noise(&[1, 4, 2, 4, 4], 1);
+    let t = Tensor::new(&[0.5f32], &Device::Cpu).unwrap();
+    let (ctx, pooled, keep) = text(1); // words at 0..4, padding at 4..6
+    let out = dit.forward(&x, &t, &ctx, &pooled, &keep).unwrap();
+    let changed = |from: usize| {
+        let mut v = ctx.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for x in &mut v[from * 16..(from + 1) * 16] {
+            *x += 3.0;
+        }
+        let ctx = Tensor::from_vec(v, (1, 6, 16), &Device::Cpu).unwrap();
+        let other = dit.forward(&x, &t, &ctx, &pooled, &keep).unwrap();
+        max_abs(&(other - &out).unwrap())
+    };
+    assert_eq!(changed(5), 0.0, "a padding token changed the output");
+    assert!(changed(2) > 1e-4, "a word of the caption did not");
+
+    let cfg = joint();
+    let clip = noise(&[1, 4, 2, 4, 4], 2);
+    let p = patchify(&clip, cfg.patch, Remainder::Reject).unwrap();
+    let (packed, bias) = packed_with_bias(&[p.clone(), p]);
+    let err = dit
+        .forward_tokens(
+            &packed.tokens,
+            &packed.positions,
+            &Tensor::zeros((1, 1, 24), DType::F32, &Device::Cpu).unwrap(),
+            &noise(&[1, 6, 16], 3),
+            &Tensor::zeros((1, 1, 1, 6), DType::F32, &Device::Cpu).unwrap(),
+            Some(&bias),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("joint_text") && err.contains("packed"),
+        "{err}"
+    );
 }
