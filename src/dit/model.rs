@@ -99,6 +99,9 @@ pub struct Conditioning<'a> {
     pub context: &'a Tensor,
     /// `(B, 1, 1 or N, L)` additive: hides padding (and, packed, other clips' captions).
     pub context_bias: &'a Tensor,
+    /// With `joint_text`: `(B, 1, 1, N + L)` additive over the keys of both
+    /// streams, 0 for every video token and `context_bias` for the caption's.
+    pub joint_bias: Option<&'a Tensor>,
     /// `(B or 1, 1, N, N)` additive self-attention mask (packing), if any.
     pub self_bias: Option<&'a Tensor>,
     /// `context_bias` as the fused attention kernel's segment ids
@@ -173,14 +176,18 @@ impl Block {
         let q = apply_rope(&qkv.get(0)?, cond.cos, cond.sin)?;
         let k = apply_rope(&qkv.get(1)?, cond.cos, cond.sin)?;
         let v = qkv.get(2)?;
-        let (x, text) = match (&self.text, &self.cross) {
-            (Some(stream), _) => self.joint(x, text, [&q, &k, &v], &gate1, stream, cond)?,
-            (None, Some(cross)) => {
+        let (x, text) = match (&self.text, &self.cross, cond.joint_bias) {
+            (Some(stream), _, Some(bias)) => {
+                self.joint(x, text, [&q, &k, &v], &gate1, stream, bias)?
+            }
+            (None, Some(cross), _) => {
                 let a = merge_heads(&attention(&q, &k, &v, cond.self_bias)?)?;
                 let x = (x + apply_last(&self.proj, &a)?.broadcast_mul(&gate1)?)?;
                 (cross.forward(&x, cond, self.heads)?, text.clone())
             }
-            (None, None) => invalid!("a DiT block with neither cross- nor joint attention"),
+            _ => invalid!(
+                "a DiT block's text conditioning does not match its inputs (joint attention without its key mask, or neither kind)"
+            ),
         };
 
         // MLP, its input first mixed over each token's neighbours
@@ -192,7 +199,8 @@ impl Block {
     }
 
     /// Joint attention: the video's `q, k, v` `(B, H, N, Dh)` (RoPE applied)
-    /// and the caption stream's attend over both; returns `x` with the
+    /// and the caption stream's attend over both, keys masked by `bias`
+    /// (`Conditioning::joint_bias`); returns `x` with the
     /// gated video output added, and the caption stream updated.
     fn joint(
         &self,
@@ -201,18 +209,15 @@ impl Block {
         [q, k, v]: [&Tensor; 3],
         gate: &Tensor,
         stream: &TextStream,
-        cond: &Conditioning,
+        bias: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
-        let (b, n, _) = x.dims3()?;
+        let n = x.dim(1)?;
         let l = text.dim(1)?;
         let tqkv = self.heads_of(&apply_last(&stream.qkv, &stream.norm1.forward(text)?)?)?;
         let cat = |i: usize, video: &Tensor| -> Result<Tensor> {
             Ok(Tensor::cat(&[video, &tqkv.get(i)?], 2)?)
         };
-        // every video key is seen; the caption's padding never is
-        let video_keys = Tensor::zeros((b, 1, 1, n), cond.context_bias.dtype(), x.device())?;
-        let bias = Tensor::cat(&[&video_keys, cond.context_bias], 3)?;
-        let a = attention(&cat(0, q)?, &cat(1, k)?, &cat(2, v)?, Some(&bias))?;
+        let a = attention(&cat(0, q)?, &cat(1, k)?, &cat(2, v)?, Some(bias))?;
         let video = merge_heads(&a.narrow(2, 0, n)?)?;
         let x = (x + apply_last(&self.proj, &video)?.broadcast_mul(gate)?)?;
         let text = match &stream.update {
@@ -413,7 +418,17 @@ impl Dit {
                 "this DiT mixes neighbouring tokens (local_mix), which needs one clip's full grid of tokens per sequence: packed or partial sequences are not supported"
             );
         }
+        // built once a forward: every video key is seen, the caption's
+        // padding never is
+        let joint_bias = if self.config.joint_text {
+            let (b, n) = (tokens.dim(0)?, tokens.dim(1)?);
+            let video_keys = Tensor::zeros((b, 1, 1, n), context_bias.dtype(), tokens.device())?;
+            Some(Tensor::cat(&[&video_keys, context_bias], 3)?)
+        } else {
+            None
+        };
         let cond = Conditioning {
+            joint_bias: joint_bias.as_ref(),
             grid,
             c,
             context: &context,

@@ -32,24 +32,37 @@ pub fn inplace_ok(ts: &[&Tensor]) -> bool {
             .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
 }
 
-fn contiguous_f32_mut<'a>(
-    s: &'a mut CpuStorage,
-    l: &Layout,
+/// Calls `f(block, sources)` over blocks of the destination on candle's
+/// CPU thread pool, each block with the sources' values at the same places:
+/// the whole of an element-wise in-place op but its arithmetic.
+fn zip_in_place<const N: usize>(
     op: &str,
-) -> candle_core::Result<&'a mut [f32]> {
-    let CpuStorage::F32(data) = s else {
+    (dst, dl): (&mut CpuStorage, &Layout),
+    srcs: [(&CpuStorage, &Layout); N],
+    f: impl Fn(&mut [f32], [&[f32]; N]) + Sync,
+) -> candle_core::Result<()> {
+    let CpuStorage::F32(data) = dst else {
         candle_core::bail!("{op}: only f32 is supported")
     };
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&mut data[start..end]),
-        None => candle_core::bail!("{op}: the destination must be contiguous"),
+    let Some((start, end)) = dl.contiguous_offsets() else {
+        candle_core::bail!("{op}: the destination must be contiguous")
+    };
+    let dst = &mut data[start..end];
+    let mut slices = [&[][..]; N];
+    for (slot, (s, l)) in slices.iter_mut().zip(srcs) {
+        *slot = contiguous_f32(s, l, op)?;
+        if slot.len() != dst.len() {
+            candle_core::bail!(
+                "{op}: {} values to update, a source of {}",
+                dst.len(),
+                slot.len()
+            )
+        }
     }
-}
-
-fn same_len(op: &str, dst: usize, srcs: &[usize]) -> candle_core::Result<()> {
-    if srcs.iter().any(|&n| n != dst) {
-        candle_core::bail!("{op}: {dst} values to update, sources of {srcs:?}")
-    }
+    par_blocks(dst, 1, |offset, block| {
+        let end = offset + block.len();
+        f(block, slices.map(|s| &s[offset..end]))
+    });
     Ok(())
 }
 
@@ -72,12 +85,8 @@ impl InplaceOp2 for Average {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<()> {
-        let a = contiguous_f32_mut(s1, l1, self.name())?;
-        let b = contiguous_f32(s2, l2, self.name())?;
-        same_len(self.name(), a.len(), &[b.len()])?;
         let (keep, take, square) = (self.keep, self.take, self.square);
-        par_blocks(a, 1, |offset, block| {
-            let b = &b[offset..offset + block.len()];
+        zip_in_place(self.name(), (s1, l1), [(s2, l2)], |block, [b]| {
             if square {
                 for (a, &b) in block.iter_mut().zip(b) {
                     *a = *a * keep + (b * b) * take;
@@ -87,8 +96,7 @@ impl InplaceOp2 for Average {
                     *a = *a * keep + b * take;
                 }
             }
-        });
-        Ok(())
+        })
     }
 }
 
@@ -140,10 +148,6 @@ impl InplaceOp3 for AdamApply {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<()> {
-        let theta = contiguous_f32_mut(s1, l1, self.name())?;
-        let m = contiguous_f32(s2, l2, self.name())?;
-        let v = contiguous_f32(s3, l3, self.name())?;
-        same_len(self.name(), theta.len(), &[m.len(), v.len()])?;
         let Self {
             inv_bias1,
             inv_bias2,
@@ -151,9 +155,8 @@ impl InplaceOp3 for AdamApply {
             lr,
             decay,
         } = *self;
-        par_blocks(theta, 1, |offset, block| {
-            let end = offset + block.len();
-            let (m, v) = (&m[offset..end], &v[offset..end]);
+        let srcs = [(s2, l2), (s3, l3)];
+        zip_in_place(self.name(), (s1, l1), srcs, |block, [m, v]| {
             for ((w, &m), &v) in block.iter_mut().zip(m).zip(v) {
                 let update = (m * inv_bias1) / ((v * inv_bias2).sqrt() + eps);
                 let w0 = match decay {
@@ -162,8 +165,7 @@ impl InplaceOp3 for AdamApply {
                 };
                 *w = w0 - update * lr;
             }
-        });
-        Ok(())
+        })
     }
 }
 
