@@ -494,6 +494,10 @@ struct TrainModelArgs {
     /// cross-attention (see train dit --joint-text); resuming, the run's own
     #[arg(long, value_name = "true|false")]
     dit_joint_text: Option<bool>,
+    /// Train the DiT with self-conditioning (see train dit --self-cond);
+    /// resuming, the run's own
+    #[arg(long, value_name = "true|false")]
+    dit_self_cond: Option<bool>,
     /// Transformer blocks of the caption encoder; 0 encodes a caption by its
     /// word and position embeddings and the final LayerNorm alone [default:
     /// 2; resuming, the run's own]
@@ -532,7 +536,7 @@ struct TrainDitArgs {
     /// samples/model) instead of starting from random weights: its
     /// architecture, vocabulary and autoencoder are kept, and the optimiser
     /// and learning-rate schedule start afresh
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["preset", "patch", "hidden", "depth", "heads", "local_mix", "rope_base", "rope_pairs", "joint_text", "text_depth"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["preset", "patch", "hidden", "depth", "heads", "local_mix", "rope_base", "rope_pairs", "joint_text", "self_cond", "text_depth"])]
     init: Option<PathBuf>,
     /// DiT preset: default, S, B, L, XL [default: default]
     #[arg(long)]
@@ -556,8 +560,8 @@ struct TrainDitArgs {
     /// Base of the self-attention's 3D RoPE frequencies, above 1 (see
     /// DitConfig::rope_base), instead of the preset's 10000. Resuming, the
     /// architecture flags left out (this, --rope-pairs, --joint-text,
-    /// --patch, --hidden, --depth, --heads, --local-mix, --text-depth) keep
-    /// the run's own
+    /// --self-cond, --patch, --hidden, --depth, --heads, --local-mix,
+    /// --text-depth) keep the run's own
     #[arg(long, value_name = "BASE")]
     rope_base: Option<f64>,
     /// RoPE rotation pairs of each head given to t, h and w, adding up to
@@ -573,6 +577,13 @@ struct TrainDitArgs {
     /// cross-attention, the preset's choice. One clip per sequence
     #[arg(long, value_name = "true|false")]
     joint_text: Option<bool>,
+    /// Self-conditioning (Chen et al. 2023): the DiT also reads its own
+    /// previous clean estimate, fed back on half the training steps (an
+    /// extra forward without gradient: those steps cost about a third
+    /// more) and by the sampler at every step after the first; see
+    /// DitConfig::self_cond. Instead of the preset's choice (off)
+    #[arg(long, value_name = "true|false")]
+    self_cond: Option<bool>,
     /// Transformer blocks of the caption encoder; 0 encodes a caption by its
     /// word and position embeddings and the final LayerNorm alone [default:
     /// 2; resuming, the run's own]
@@ -1138,6 +1149,7 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
                 rope_base: args.rope_base.unwrap_or(left_out.rope_base),
                 rope_pairs: args.rope_pairs.or(left_out.rope_pairs),
                 joint_text: args.joint_text.unwrap_or(left_out.joint_text),
+                self_cond: args.self_cond.unwrap_or(left_out.self_cond),
                 ..base.clone()
             };
             let text = minisora::text::TextConfig {
@@ -1607,6 +1619,10 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
                 .dit_joint_text
                 .or(resumed.as_ref().map(|meta| meta.dit.joint_text))
                 .unwrap_or(preset.dit.joint_text),
+            self_cond: args
+                .dit_self_cond
+                .or(resumed.as_ref().map(|meta| meta.dit.self_cond))
+                .unwrap_or(preset.dit.self_cond),
             latent_channels,
             ..preset.dit.clone()
         },

@@ -44,6 +44,10 @@ struct Guided<'a> {
     cfg: f64,
     cfg_interval: [f64; 2],
     last_prediction: RefCell<Option<Tensor>>,
+    /// For a self-conditioning DiT: the last call's clean estimates in the
+    /// model's dtype, conditional and unconditional `(2, C, T', H', W')`,
+    /// each branch fed its own (as in training, never the guided mix).
+    estimates: RefCell<Option<Tensor>>,
 }
 
 impl Denoiser for Guided<'_> {
@@ -53,20 +57,29 @@ impl Denoiser for Guided<'_> {
         let device = x_t.device();
         let x = x_t.to_dtype(self.model.dit.dtype())?;
         let [from, to] = self.cfg_interval;
+        let self_cond = self.model.dit.config.self_cond;
+        let previous = self.estimates.borrow().clone();
         let v = if self.cfg == 1.0 || t < from || t > to {
             let time = Tensor::new(&[t as f32], device)?;
-            self.model
-                .velocity(&x, &time, &self.cond)?
-                .to_dtype(DType::F32)?
+            let estimate = previous.map(|e| e.narrow(0, 0, 1)).transpose()?;
+            let v = self
+                .model
+                .velocity(&x, estimate.as_ref(), &time, &self.cond)?;
+            if self_cond {
+                let e = (&x - (&v * t)?)?;
+                self.estimates.replace(Some(Tensor::cat(&[&e, &e], 0)?));
+            }
+            v.to_dtype(DType::F32)?
         } else {
             // conditional and unconditional in one batch of 2
             let x2 = Tensor::cat(&[&x, &x], 0)?;
             let time = Tensor::new(&[t as f32, t as f32], device)?;
             let ids = Tensor::cat(&[&self.cond, &self.uncond], 0)?;
-            let v = self
-                .model
-                .velocity(&x2, &time, &ids)?
-                .to_dtype(DType::F32)?;
+            let v = self.model.velocity(&x2, previous.as_ref(), &time, &ids)?;
+            if self_cond {
+                self.estimates.replace(Some((&x2 - (&v * t)?)?));
+            }
+            let v = v.to_dtype(DType::F32)?;
             guide(&v.narrow(0, 0, 1)?, &v.narrow(0, 1, 1)?, self.cfg)?
         };
         self.last_prediction.replace(Some((x_t - (&v * t)?)?));
@@ -180,6 +193,7 @@ pub fn generate_from(
             cfg: options.cfg,
             cfg_interval: options.cfg_interval,
             last_prediction: RefCell::new(None),
+            estimates: RefCell::new(None),
         };
         let mut x = randn(
             &mut Rng::new(options.seed),

@@ -76,6 +76,7 @@ fn dit(hidden: usize, depth: usize, heads: usize, context_dim: usize) -> DitConf
         rope_base: crate::nn::ROPE_BASE,
         rope_pairs: None,
         joint_text: false,
+        self_cond: false,
     }
 }
 

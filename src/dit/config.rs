@@ -23,6 +23,9 @@
 //! ```
 //! The text stream has no adaLN of its own, and the last block only reads
 //! it (its text outputs would go nowhere).
+//! With `self_cond`, `x` also adds `estimate_embed(patches of the previous
+//! clean estimate)`, `Linear(P, D)` without bias; counted as if every
+//! forward had an estimate (a sampler's first step has none).
 //! A multiply-add counts as 2 FLOPs. Norms, softmax, RoPE and elementwise
 //! ops are left out of the FLOP count (they are memory-bound and a few
 //! percent of the total at these widths).
@@ -97,6 +100,17 @@ pub struct DitConfig {
     /// without it reads the same in builds that predate it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub joint_text: bool,
+    /// Self-conditioning (Chen et al. 2023, "Analog Bits"): the model also
+    /// reads its own previous estimate of the clean latent, embedded by a
+    /// linear map of its own (zero at initialisation, no bias) and added to
+    /// the patch embedding. Half of the training steps first predict without
+    /// an estimate and feed that prediction back (no gradient through it);
+    /// a sampler feeds each step the data prediction of the step before.
+    /// With no estimate the map is skipped, which equals an estimate of
+    /// zeros. Written only when set, so that a config without it reads the
+    /// same in builds that predate it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub self_cond: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -218,7 +232,8 @@ impl DitConfig {
             + linear(e, d)                      // context projection
             + linear(e, d); // pooled text -> conditioning
         let last = linear(d, 2 * d) + linear(d, p);
-        embed + self.pos_features() * d + depth * block + text + last
+        let estimate = if self.self_cond { p * d } else { 0 };
+        embed + estimate + self.pos_features() * d + depth * block + text + last
     }
 
     /// Cost of one forward on `batch` clips of `tokens` video tokens each.
@@ -259,7 +274,8 @@ impl DitConfig {
             )
         };
         let modulation = mm(1, d, 6 * d);
-        let other = mm(n, p, d) + mm(1, f, d) + mm(1, d, d) + mm(l, e, d) + mm(1, e, d) // embeddings
+        let estimate = if self.self_cond { mm(n, p, d) } else { 0 };
+        let other = mm(n, p, d) + estimate + mm(1, f, d) + mm(1, d, d) + mm(l, e, d) + mm(1, e, d) // embeddings
             + depth * modulation
             + mm(1, d, 2 * d) + mm(n, d, p); // final layer
         let attention_flops = b * attention;
@@ -310,6 +326,7 @@ mod tests {
             rope_base: crate::nn::ROPE_BASE,
             rope_pairs: None,
             joint_text: false,
+            self_cond: false,
         }
     }
 
@@ -336,6 +353,7 @@ mod tests {
         let json = serde_json::to_value(tiny()).unwrap();
         assert!(json.get("rope_pairs").is_none(), "{json}");
         assert!(json.get("joint_text").is_none(), "{json}");
+        assert!(json.get("self_cond").is_none(), "{json}");
         assert_eq!(tiny().rope_split(), [0, 0, 2]);
         let split = DitConfig {
             rope_pairs: Some([0, 1, 1]),
@@ -390,6 +408,12 @@ mod tests {
         // block's text out 72, LN 16 and MLP 552
         let joint2 = DitConfig { depth: 2, ..joint };
         assert_eq!(joint2.params(), joint.params() + 1272 + 232 + 72 + 16 + 552);
+        // self-conditioning: the estimate's embedding, P = 8 -> D = 8, no bias
+        let with_estimate = DitConfig {
+            self_cond: true,
+            ..tiny()
+        };
+        assert_eq!(with_estimate.params(), tiny().params() + 64);
     }
 
     #[test]
@@ -400,6 +424,7 @@ mod tests {
             rope_base: 100.0,
             rope_pairs: Some([0, 1, 1]),
             joint_text: true,
+            self_cond: true,
             ..tiny()
         })
         .unwrap();
@@ -409,6 +434,7 @@ mod tests {
             "rope_base",
             "rope_pairs",
             "joint_text",
+            "self_cond",
         ] {
             json.as_object_mut().unwrap().remove(key);
         }
@@ -477,5 +503,14 @@ mod tests {
                 tiny().step_cost(4, batch).other_flops + 6144
             );
         }
+        // self-conditioning: the estimate's embedding, 2*4*8*8 per clip
+        let with_estimate = DitConfig {
+            self_cond: true,
+            ..tiny()
+        };
+        assert_eq!(
+            with_estimate.step_cost(4, 2).other_flops,
+            tiny().step_cost(4, 2).other_flops + 2 * 512
+        );
     }
 }

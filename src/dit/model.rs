@@ -277,6 +277,9 @@ pub struct Dit {
     x_embed: Linear,
     /// Absolute positions, when the config asks for them: `(D, 6F)`, zero at start.
     pos_proj: Option<Linear>,
+    /// The previous clean estimate's patches, with `self_cond`: `(D, P)`,
+    /// zero at start, no bias.
+    estimate_embed: Option<Linear>,
     t_mlp1: Linear,
     t_mlp2: Linear,
     context_proj: Linear,
@@ -297,6 +300,16 @@ impl Dit {
             pos_proj: if config.pos_embed {
                 let shape = (d, config.pos_features() as usize);
                 let w = vb.get_with_hints(shape, "pos_proj.weight", candle_nn::Init::Const(0.0))?;
+                Some(Linear::new(w, None))
+            } else {
+                None
+            },
+            estimate_embed: if config.self_cond {
+                let w = vb.get_with_hints(
+                    (d, p),
+                    "estimate_embed.weight",
+                    candle_nn::Init::Const(0.0),
+                )?;
                 Some(Linear::new(w, None))
             } else {
                 None
@@ -373,10 +386,14 @@ impl Dit {
 
     /// The transformer over tokens already embedded: `tokens` `(B, N, P)` at
     /// grid `positions` -> predictions `(B, N, P)`. `c` is `(B, 1 or N, D)`,
-    /// `context` the raw text features `(B, L, E)`.
+    /// `context` the raw text features `(B, L, E)`. `estimate`, the previous
+    /// clean estimate's tokens `(B, N, P)`, is read by a `self_cond` model
+    /// (none: as if zeros) and refused by any other.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_tokens(
         &self,
         tokens: &Tensor,
+        estimate: Option<&Tensor>,
         positions: &[[usize; 3]],
         c: &Tensor,
         context: &Tensor,
@@ -439,6 +456,22 @@ impl Dit {
             sin: &sin,
         };
         let mut x = apply_last(&self.x_embed, tokens)?; // (B, N, D)
+        match (&self.estimate_embed, estimate) {
+            (Some(embed), Some(estimate)) => {
+                if estimate.dims() != tokens.dims() {
+                    invalid!(
+                        "the clean estimate has tokens {:?}, the input {:?}",
+                        estimate.dims(),
+                        tokens.dims()
+                    );
+                }
+                x = (x + apply_last(embed, estimate)?)?;
+            }
+            (None, Some(_)) => invalid!(
+                "this DiT was not trained with self-conditioning (self_cond), so it reads no clean estimate"
+            ),
+            (_, None) => {}
+        }
         if let (Some(pos_proj), Some(features)) = (&self.pos_proj, &features) {
             x = x.broadcast_add(&pos_proj.forward_t(features)?)?; // + (N, D)
         }
@@ -465,6 +498,20 @@ impl Dit {
         pooled: &Tensor,
         context_keep: &Tensor,
     ) -> Result<Tensor> {
+        self.forward_with_estimate(x, None, t, context, pooled, context_keep)
+    }
+
+    /// [`Dit::forward`] with the previous clean estimate of `x`'s clip,
+    /// `(B, C, T', H', W')` (see [`DitConfig::self_cond`]).
+    pub fn forward_with_estimate(
+        &self,
+        x: &Tensor,
+        estimate: Option<&Tensor>,
+        t: &Tensor,
+        context: &Tensor,
+        pooled: &Tensor,
+        context_keep: &Tensor,
+    ) -> Result<Tensor> {
         let (_, c, lt, lh, lw) = x.dims5()?;
         if c != self.config.latent_channels {
             invalid!(
@@ -473,10 +520,27 @@ impl Dit {
             );
         }
         let patches = patchify(x, self.config.patch, Remainder::Reject)?;
+        let estimate = match estimate {
+            Some(e) if e.dims() != x.dims() => invalid!(
+                "the clean estimate is {:?}, the latent {:?}",
+                e.dims(),
+                x.dims()
+            ),
+            Some(e) => Some(
+                patchify(
+                    &e.to_dtype(x.dtype())?,
+                    self.config.patch,
+                    Remainder::Reject,
+                )?
+                .tokens,
+            ),
+            None => None,
+        };
         let cond = self.condition(t, pooled)?.unsqueeze(1)?; // (B, 1, D)
         let context_bias = key_padding_bias(context_keep, self.dtype())?; // (B, 1, 1, L)
         let out = self.forward_tokens(
             &patches.tokens,
+            estimate.as_ref(),
             &positions(patches.grid),
             &cond,
             context,

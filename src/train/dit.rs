@@ -107,11 +107,19 @@ impl TextToVideo {
     }
 
     /// Velocity for latents `x_t` `(B, C, T', H', W')` at times `t` `(B,)`
-    /// and captions `ids` `(B, L)`.
-    pub fn velocity(&self, x_t: &Tensor, t: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    /// and captions `ids` `(B, L)`; `estimate`, the previous clean estimate
+    /// of each clip (the shape of `x_t`), only for a self-conditioning DiT.
+    pub fn velocity(
+        &self,
+        x_t: &Tensor,
+        estimate: Option<&Tensor>,
+        t: &Tensor,
+        ids: &Tensor,
+    ) -> Result<Tensor> {
         let keep = ids.ne(crate::text::PAD_ID)?.to_dtype(DType::F32)?;
         let (context, pooled) = self.text.forward(ids)?;
-        self.dit.forward(x_t, t, &context, &pooled, &keep)
+        self.dit
+            .forward_with_estimate(x_t, estimate, t, &context, &pooled, &keep)
     }
 }
 
@@ -451,6 +459,8 @@ pub fn train(
         let unshifted: Vec<bool> = (0..run.batch)
             .map(|_| job.time_mix > 0.0 && rng.uniform() < job.time_mix)
             .collect();
+        // self-conditioning on half the steps, drawn only for such a model
+        let self_condition = job.dit.self_cond && rng.uniform() < 0.5;
         let t = Tensor::from_vec(
             logit_normal_mixed(&mut rng, &unshifted, 0.0, 1.0, job.time_shift),
             run.batch,
@@ -482,7 +492,16 @@ pub fn train(
             let ids = Tensor::from_vec(ids, (len, tokenizer.max_len), device)?;
             let t = t.narrow(0, first, len)?;
             let (x_t, target) = interpolate(&z0, &eps.narrow(0, first, len)?, &t)?;
-            let loss = (model.velocity(&x_t, &t, &ids)? - target)?
+            let estimate = if self_condition {
+                // the model's own clean estimate, x_t - t v, as a sampler's
+                // previous step would hand it over: no gradient through it
+                let v = model.velocity(&x_t, None, &t, &ids)?.detach();
+                let t = t.reshape((len, 1, 1, 1, 1))?;
+                Some((&x_t - v.broadcast_mul(&t)?)?.detach())
+            } else {
+                None
+            };
+            let loss = (model.velocity(&x_t, estimate.as_ref(), &t, &ids)? - target)?
                 .sqr()?
                 .mean_all()?;
             Ok(ShardLoss {

@@ -28,6 +28,7 @@ fn tiny() -> DitConfig {
         rope_base: minisora::nn::ROPE_BASE,
         rope_pairs: None,
         joint_text: false,
+        self_cond: false,
     }
 }
 
@@ -141,6 +142,10 @@ fn the_parameter_count_is_the_one_config_counts() {
             depth: 3,
             ..joint()
         },
+        DitConfig {
+            self_cond: true,
+            ..tiny()
+        },
     ] {
         let (_, varmap) = build(&cfg);
         let real: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
@@ -195,6 +200,7 @@ fn packed_tokens_see_only_their_own_clip_and_never_padding() {
         let out = dit
             .forward_tokens(
                 &packed.tokens,
+                None,
                 &packed.positions,
                 &c,
                 &ctx,
@@ -237,7 +243,7 @@ fn packed_tokens_see_only_their_own_clip_and_never_padding() {
         .unwrap();
     let cb = Tensor::zeros((1, 1, 1, 6), DType::F32, &Device::Cpu).unwrap();
     let err = mixing
-        .forward_tokens(&packed.tokens, &packed.positions, &c, &ctx, &cb, None)
+        .forward_tokens(&packed.tokens, None, &packed.positions, &c, &ctx, &cb, None)
         .err()
         .unwrap()
         .to_string();
@@ -256,6 +262,14 @@ fn every_parameter_of_the_dit_and_text_encoder_learns() {
 #[test]
 fn every_parameter_of_a_joint_attention_dit_learns() {
     every_parameter_learns(&joint());
+}
+
+#[test]
+fn every_parameter_of_a_self_conditioning_dit_learns() {
+    every_parameter_learns(&DitConfig {
+        self_cond: true,
+        ..tiny()
+    });
 }
 
 fn every_parameter_learns(cfg: &DitConfig) {
@@ -280,12 +294,16 @@ fn every_parameter_learns(cfg: &DitConfig) {
     let keep = ids.ne(0u32).unwrap().to_dtype(DType::F32).unwrap();
     let x = noise(&[2, 4, 2, 4, 4], 5);
     let target = noise(&[2, 4, 2, 4, 4], 6);
+    // a self-conditioning DiT learns its estimate's embedding from estimates
+    let estimate = cfg.self_cond.then(|| noise(&[2, 4, 2, 4, 4], 7));
     let t = Tensor::new(&[0.2f32, 0.7], &Device::Cpu).unwrap();
     let all: HashMap<_, _> = varmap.data().lock().unwrap().clone();
     let mut opt = AdamW::new(all.clone(), AdamWConfig::default()).unwrap();
     let loss = || {
         let (ctx, pooled) = text.forward(&ids).unwrap();
-        let out = dit.forward(&x, &t, &ctx, &pooled, &keep).unwrap();
+        let out = dit
+            .forward_with_estimate(&x, estimate.as_ref(), &t, &ctx, &pooled, &keep)
+            .unwrap();
         (out - &target).unwrap().sqr().unwrap().mean_all().unwrap()
     };
     // zero-initialised gates and outputs open up after the first steps
@@ -334,6 +352,7 @@ fn a_joint_attention_dit_reads_the_captions_words_and_never_its_padding() {
     let err = dit
         .forward_tokens(
             &packed.tokens,
+            None,
             &packed.positions,
             &Tensor::zeros((1, 1, 24), DType::F32, &Device::Cpu).unwrap(),
             &noise(&[1, 6, 16], 3),
@@ -346,4 +365,46 @@ fn a_joint_attention_dit_reads_the_captions_words_and_never_its_padding() {
         err.contains("joint_text") && err.contains("packed"),
         "{err}"
     );
+}
+
+/// A self-conditioning DiT reads its previous clean estimate: no estimate
+/// is the same as an estimate of zeros, bit for bit, and another estimate
+/// changes the prediction. A DiT without it, or an estimate of another
+/// shape, is refused by name.
+#[test]
+fn a_self_conditioning_dit_reads_its_estimate_and_none_is_zeros() {
+    let cfg = DitConfig {
+        self_cond: true,
+        ..tiny()
+    };
+    let (dit, varmap) = build(&cfg);
+    let x = noise(&[1, 4, 2, 4, 4], 1);
+    let t = Tensor::new(&[0.5f32], &Device::Cpu).unwrap();
+    let (ctx, pooled, keep) = text(1);
+    let run = |dit: &Dit, estimate: Option<&Tensor>| {
+        dit.forward_with_estimate(&x, estimate, &t, &ctx, &pooled, &keep)
+    };
+    let fresh = run(&dit, Some(&noise(&[1, 4, 2, 4, 4], 2))).unwrap();
+    assert_eq!(
+        max_abs(&fresh),
+        0.0,
+        "adaLN-Zero: a fresh DiT predicts zeros"
+    );
+    perturb(&varmap);
+    let none = run(&dit, None).unwrap();
+    let zeros = run(&dit, Some(&x.zeros_like().unwrap())).unwrap();
+    assert_eq!(
+        none.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        zeros.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+    let other = run(&dit, Some(&noise(&[1, 4, 2, 4, 4], 2))).unwrap();
+    assert!(max_abs(&(other - &none).unwrap()) > 1e-4);
+    let err = run(&dit, Some(&noise(&[1, 4, 2, 4, 2], 2)))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("the clean estimate is"), "{err}");
+    let (plain, _) = build(&tiny());
+    let err = run(&plain, Some(&x)).err().unwrap().to_string();
+    assert!(err.contains("self-conditioning"), "{err}");
 }
