@@ -98,7 +98,8 @@ enum Command {
         minisora eval --count 200\n  \
         minisora eval --count 50 --save seen/   (each clip as seen/NNN.gif, verdicts in \
         seen/scores.jsonl)\n  \
-        minisora eval --renders                 (the prompts' own renders: the detector's ceiling)"
+        minisora eval --renders                 (the prompts' own renders: the detector's ceiling)\n  \
+        minisora eval --compare runs/a_eval runs/b_eval   (two --save runs, prompt by prompt)"
     )]
     Eval(EvalArgs),
 }
@@ -134,6 +135,12 @@ struct EvalArgs {
     /// and motion verdicts
     #[arg(long, value_name = "DIR")]
     save: Option<PathBuf>,
+    /// Compare two evaluations of the same prompts (two --save folders, or
+    /// their scores.jsonl) prompt by prompt instead of running one: per
+    /// kind of prompt, the passes of each, the prompts only one passes, and
+    /// the exact two-sided sign test of those (no model is loaded)
+    #[arg(long, num_args = 2, value_names = ["A", "B"], conflicts_with_all = ["checkpoint", "prompts", "renoise", "renders", "save"])]
+    compare: Option<Vec<PathBuf>>,
     /// Print JSON
     #[arg(long)]
     json: bool,
@@ -1816,6 +1823,41 @@ fn load_model(
     Ok(minisora::train::dit::load_as(&dir, device, dtype)?)
 }
 
+/// `eval --compare A B`.
+fn eval_compare(a: &std::path::Path, b: &std::path::Path, json: bool) -> Result<()> {
+    use minisora::eval::compare;
+    let read = |p: &std::path::Path| {
+        compare::read_scores(p).with_context(|| format!("--compare {}", p.display()))
+    };
+    let paired = compare::compare(&read(a)?, &read(b)?)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&paired)?);
+        return Ok(());
+    }
+    println!("A  {}\nB  {}", a.display(), b.display());
+    println!("prompts      A passes   B passes   only A   only B   sign test p");
+    for k in &paired {
+        let kind = match k.objects {
+            1 => "one object".to_string(),
+            2 => "two objects".to_string(),
+            n => format!("{n} objects"),
+        };
+        let p = match k.p_value {
+            p if p >= 0.01 => format!("{p:.2}"),
+            p => format!("{p:.1e}"),
+        };
+        let rate = |n: usize| format!("{n}/{}", k.prompts);
+        println!(
+            "{kind:<12} {:<10} {:<10} {:<8} {:<8} {p}",
+            rate(k.pass_a),
+            rate(k.pass_b),
+            k.only_a,
+            k.only_b,
+        );
+    }
+    Ok(())
+}
+
 /// `eval --save`: each scored clip as a GIF and a line of scores.jsonl per
 /// prompt, in prompt order (clips finish out of order, so the lines wait in
 /// memory and are written at the end).
@@ -1865,6 +1907,9 @@ impl SavedClips {
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
+    if let Some(pair) = &args.compare {
+        return eval_compare(&pair[0], &pair[1], args.json);
+    }
     let (device, dtype) = args.sampling.device_dtype()?;
     let loaded = match args.renders {
         true => None,

@@ -18,7 +18,7 @@ use crate::video::Frames;
 const TOLERANCE: i32 = 45;
 
 /// What the detector found for one object of a prompt.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct ObjectScore {
     pub colour: bool,
     pub shape: bool,

@@ -4,6 +4,7 @@
 //! size and motion it shows; and the evaluation that generates clips for
 //! prompts and scores them.
 
+pub mod compare;
 mod detector;
 
 use std::collections::BTreeMap;

@@ -47,6 +47,41 @@ fn eval_renders_scores_the_prompts_own_renders_without_a_model() {
     assert!(!o.status.success() && text(&o).contains("--checkpoint"));
 }
 
+/// `eval --compare` pairs two saved evaluations prompt by prompt: the same
+/// renders twice agree on every prompt; evaluations of other prompts are
+/// refused.
+#[test]
+fn eval_compare_pairs_two_saved_evaluations() {
+    let dir = tempfile::tempdir().unwrap();
+    for (count, out) in [("3", "a"), ("3", "b"), ("2", "c")] {
+        let o = minisora(
+            &["eval", "--renders", "--count", count, "--save", out],
+            dir.path(),
+        );
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let o = minisora(&["eval", "--compare", "a", "b", "--json"], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let kinds: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for (kind, objects) in kinds.as_array().unwrap().iter().zip([1, 2]) {
+        assert_eq!(kind["objects"], objects);
+        assert_eq!(kind["prompts"], 3);
+        assert_eq!(kind["pass_a"], kind["pass_b"]);
+        assert_eq!((&kind["only_a"], &kind["only_b"]), (&0.into(), &0.into()));
+        assert_eq!(kind["p_value"], 1.0);
+    }
+    assert_refused(
+        &["eval", "--compare", "a", "c"],
+        "6 and 4 prompts",
+        dir.path(),
+    );
+    assert_refused(
+        &["eval", "--compare", "a", "nowhere"],
+        "nowhere",
+        dir.path(),
+    );
+}
+
 #[test]
 fn render_writes_each_format() {
     let dir = tempfile::tempdir().unwrap();
