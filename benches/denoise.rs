@@ -38,12 +38,15 @@ fn bench_step(c: &mut Criterion) {
         let context = random(&[2, cfg.context_len, cfg.context_dim], 2);
         let pooled = random(&[2, cfg.context_dim], 3);
         let keep = Tensor::ones((2, cfg.context_len), DType::F32, &Device::Cpu).unwrap();
+        // a self-conditioning DiT (the default) reads an estimate at every
+        // sampler step but the first
+        let estimate = cfg.self_cond.then(|| x.clone());
         group.throughput(Throughput::Elements(2 * tokens as u64));
         group.bench_function(format!("{name} {tokens} tokens x2"), |b| {
             // on the threads `minisora bench` and `generate` run a step on
             b.iter(|| {
                 on_cpu_pool(&Device::Cpu, || {
-                    dit.forward(&x, &t, &context, &pooled, &keep)
+                    dit.forward_with_estimate(&x, estimate.as_ref(), &t, &context, &pooled, &keep)
                 })
                 .unwrap()
             })

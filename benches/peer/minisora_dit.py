@@ -9,6 +9,7 @@ PixArt-alpha; 3D RoPE as in Lumina-T2X / Open-Sora):
 
     c = t_mlp2(silu(t_mlp1(sinusoidal(1000 t)))) + pooled_proj(pooled)    (B, 1, D)
     x = x_embed(patches) + pos_proj(sincos(t, h, w))                       pos_proj if config's pos_embed
+        [+ estimate_embed(patches of the previous clean estimate)]          if self_cond and one is given
     shift1, scale1, gate1, shift2, scale2, gate2 = ada(silu(c))
     x += gate1 * proj(SelfAttn(modulate(LN(x), shift1, scale1)))          RoPE on q, k
     x += cross_proj(CrossAttn(norm_cross(x), kv(context_proj(context))))  no gate
@@ -69,7 +70,7 @@ def sinusoidal(t: Tensor, dim: int) -> Tensor:
 # every field of dit/config.rs `DitConfig`
 CONFIG_KEYS = frozenset({
     "latent_channels", "patch", "hidden", "depth", "heads", "mlp_ratio", "context_dim", "context_len",
-    "freq_dim", "pos_embed", "local_mix", "rope_base", "rope_pairs",
+    "freq_dim", "pos_embed", "local_mix", "rope_base", "rope_pairs", "self_cond",
 })
 
 # RoFormer's RoPE base (nn.rs `ROPE_BASE`), what configs without `rope_base` mean
@@ -304,6 +305,8 @@ class MinisoraDiT(nn.Module):
         e = config["context_dim"]
 
         self.x_embed = nn.Linear(token_dim, d)
+        # self-conditioning: the previous clean estimate's patches, no bias
+        self.estimate_embed = nn.Linear(token_dim, d, bias=False) if config.get("self_cond", False) else None
         # absolute positions beside RoPE (configs from before it lack the key)
         self.pos_proj = nn.Linear(6 * POS_FREQS, d, bias=False) if config.get("pos_embed", False) else None
         self.t_mlp1 = nn.Linear(self.freq_dim, d)
@@ -325,11 +328,14 @@ class MinisoraDiT(nn.Module):
         freqs = sinusoidal(t * TIME_SCALE, self.freq_dim).to(self.t_mlp1.weight.dtype)  # (B, F)
         return self.t_mlp2(F.silu(self.t_mlp1(freqs))) + self.pooled_proj(pooled)
 
-    def forward(self, x: Tensor, t: Tensor, context: Tensor, pooled: Tensor, keep: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, t: Tensor, context: Tensor, pooled: Tensor, keep: Tensor, estimate: Tensor | None = None
+    ) -> Tensor:
         """
         # Shapes
         - `x`: latent `(B, C, T', H', W')`; `t`: `(B,)` in `[0, 1]`
         - `context`: `(B, L, E)`; `pooled`: `(B, E)`; `keep`: `(B, L)`, 1 for words, 0 for padding
+        - `estimate`: the previous clean estimate, like `x` (self_cond only; none reads as zeros)
         - returns `(B, C, T', H', W')`
         """
         b, c = x.shape[:2]
@@ -341,6 +347,10 @@ class MinisoraDiT(nn.Module):
         cos, sin = rope_3d(grid, self.head_dim, x.device, x.dtype, self.rope_base, self.rope_pairs)  # (N, Dh / 2)
         context = self.context_proj(context)  # (B, L, D)
         h = self.x_embed(tokens)  # (B, N, D)
+        if estimate is not None:
+            if self.estimate_embed is None:
+                raise ValueError("this DiT was not trained with self-conditioning (self_cond)")
+            h = h + self.estimate_embed(patchify(estimate, self.patch)[0])
         if self.pos_proj is not None:
             h = h + self.pos_proj(sincos_3d(grid, x.device, x.dtype))  # + (N, D)
         for block in self.blocks:

@@ -232,8 +232,13 @@ pub fn bench_step(case: &StepCase, device: &Device, matmul_peak_gflops: f64) -> 
         randn(&mut rng, &[b, cfg.context_len, cfg.context_dim], device)?.to_dtype(case.dtype)?;
     let pooled = randn(&mut rng, &[b, cfg.context_dim], device)?.to_dtype(case.dtype)?;
     let keep = Tensor::ones((b, cfg.context_len), case.dtype, device)?;
+    // a self-conditioning DiT reads an estimate at every step but a
+    // sampler's first, as the FLOP count assumes
+    let estimate = cfg.self_cond.then(|| x.clone());
     let step = || -> Result<Tensor> {
-        crate::ops::on_cpu_pool(device, || dit.forward(&x, &t, &context, &pooled, &keep))
+        crate::ops::on_cpu_pool(device, || {
+            dit.forward_with_estimate(&x, estimate.as_ref(), &t, &context, &pooled, &keep)
+        })
     };
     for _ in 0..case.warmup {
         step()?;
