@@ -66,6 +66,13 @@ fn unshifted() -> f64 {
     1.0
 }
 
+/// Captions encoded for the DiT ([`TextToVideo::encode`]).
+pub struct Caption {
+    pub context: Tensor,
+    pub pooled: Tensor,
+    pub keep: Tensor,
+}
+
 /// The text encoder and DiT with their variables.
 pub struct TextToVideo {
     pub text: TextEncoder,
@@ -116,10 +123,36 @@ impl TextToVideo {
         t: &Tensor,
         ids: &Tensor,
     ) -> Result<Tensor> {
+        self.velocity_for(&self.encode(ids)?, x_t, estimate, t)
+    }
+
+    /// The captions `ids` `(B, L)` as the DiT reads them: context, pooled
+    /// features and the word mask; encoded once for several velocities.
+    pub fn encode(&self, ids: &Tensor) -> Result<Caption> {
         let keep = ids.ne(crate::text::PAD_ID)?.to_dtype(DType::F32)?;
         let (context, pooled) = self.text.forward(ids)?;
+        Ok(Caption {
+            context,
+            pooled,
+            keep,
+        })
+    }
+
+    /// [`TextToVideo::velocity`] for captions already encoded.
+    pub fn velocity_for(
+        &self,
+        caption: &Caption,
+        x_t: &Tensor,
+        estimate: Option<&Tensor>,
+        t: &Tensor,
+    ) -> Result<Tensor> {
+        let Caption {
+            context,
+            pooled,
+            keep,
+        } = caption;
         self.dit
-            .forward_with_estimate(x_t, estimate, t, &context, &pooled, &keep)
+            .forward_with_estimate(x_t, estimate, t, context, pooled, keep)
     }
 }
 
@@ -492,16 +525,18 @@ pub fn train(
             let ids = Tensor::from_vec(ids, (len, tokenizer.max_len), device)?;
             let t = t.narrow(0, first, len)?;
             let (x_t, target) = interpolate(&z0, &eps.narrow(0, first, len)?, &t)?;
+            // the captions once, for both passes of a self-conditioned step
+            let caption = model.encode(&ids)?;
             let estimate = if self_condition {
                 // the model's own clean estimate, x_t - t v, as a sampler's
                 // previous step would hand it over: no gradient through it
-                let v = model.velocity(&x_t, None, &t, &ids)?.detach();
+                let v = model.velocity_for(&caption, &x_t, None, &t)?.detach();
                 let t = t.reshape((len, 1, 1, 1, 1))?;
                 Some((&x_t - v.broadcast_mul(&t)?)?.detach())
             } else {
                 None
             };
-            let loss = (model.velocity(&x_t, estimate.as_ref(), &t, &ids)? - target)?
+            let loss = (model.velocity_for(&caption, &x_t, estimate.as_ref(), &t)? - target)?
                 .sqr()?
                 .mean_all()?;
             Ok(ShardLoss {
