@@ -167,6 +167,11 @@ struct SamplingArgs {
     /// [default: the shift the model was trained with]
     #[arg(long)]
     shift: Option<f64>,
+    /// Clips sampled per prompt, of which the one the model itself judges
+    /// to show the prompt best is kept (its own diffusion-classifier score:
+    /// how much the prompt lowers its denoising error on the clip)
+    #[arg(long, default_value_t = 1)]
+    candidates: usize,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -210,6 +215,7 @@ impl SamplingArgs {
             cfg_interval: self.cfg_interval.unwrap_or([0.0, 1.0]),
             shift: self.shift,
             canvas,
+            candidates: self.candidates,
         }
     }
 }
@@ -1377,6 +1383,7 @@ fn bench_steps(args: BenchStepsArgs) -> Result<()> {
         cfg_interval: [0.0, 1.0],
         shift: args.shift,
         canvas: args.clip.canvas()?,
+        candidates: 1,
     };
     let points_total = args.samplers.len() * step_counts.len();
     let bar = progress_bar((points_total * prompts.len()) as u64, 0)?;
@@ -1781,10 +1788,19 @@ fn generate(args: GenerateArgs) -> Result<()> {
             video::write(&steps_path, &strip.view(), &write)?;
         }
         bar.inc(1);
-        let line = format!(
+        let mut line = format!(
             "\"{prompt}\" -> {}",
             video::describe(out, &g.frames.view(), &write)
         );
+        if !g.scores.is_empty() {
+            let scores: Vec<String> = g.scores.iter().map(|s| format!("{s:.4}")).collect();
+            line += &format!(
+                " (kept candidate {} of {}; scores {})",
+                g.chosen,
+                g.scores.len(),
+                scores.join(" ")
+            );
+        }
         // a hidden bar (output not a terminal) would swallow the line
         if bar.is_hidden() {
             println!("{line}");
@@ -2004,6 +2020,12 @@ fn eval(args: EvalArgs) -> Result<()> {
         args.sampling.cfg,
         args.sampling.shift.unwrap_or(meta.time_shift)
     );
+    if args.sampling.candidates > 1 {
+        println!(
+            "candidates   {} a prompt, the best by the model's own score kept",
+            args.sampling.candidates
+        );
+    }
     if let Some(r) = args.renoise {
         let shift = args.sampling.shift.unwrap_or(meta.time_shift);
         println!(

@@ -531,6 +531,19 @@ fn train_dit_then_generate_end_to_end() {
         4
     );
     assert!(d.join("g.steps.png").exists());
+    // several candidates: the kept one is named, with every score
+    let mut picked: Vec<&str> = gen
+        .iter()
+        .map(|&a| if a == "g.gif" { "k.gif" } else { a })
+        .collect();
+    picked.extend(["--candidates", "3"]);
+    let o = minisora(&picked, d);
+    assert!(
+        o.status.success() && text(&o).contains("-> k.gif") && text(&o).contains(" of 3; scores "),
+        "{}",
+        text(&o)
+    );
+    assert!(d.join("k.steps.png").exists());
     // fine-tuning the trained model: one more step from its weights, with
     // its own autoencoder when no --vae is given
     let tune = [
@@ -846,6 +859,19 @@ fn train_dit_then_generate_end_to_end() {
                 "x.gif",
             ],
             "0 <= FROM <= TO <= 1",
+        ),
+        (
+            &[
+                "generate",
+                "a red circle growing",
+                "--checkpoint",
+                "dit/checkpoint",
+                "--candidates",
+                "0",
+                "-o",
+                "x.gif",
+            ],
+            "--candidates must be at least 1",
         ),
         (
             &[

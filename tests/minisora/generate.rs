@@ -8,7 +8,9 @@ use minisora::data::clips::ShapesWorldSet;
 use minisora::data::shapes_world::Canvas;
 use minisora::dit::DitConfig;
 use minisora::patch::PatchSize;
-use minisora::pipeline::{encode, generate, generate_from, Init, SampleOptions};
+use minisora::pipeline::{
+    candidate_seed, encode, generate, generate_from, prompt_scores, Init, SampleOptions,
+};
 use minisora::text::TextConfig;
 use minisora::train::dit::{self, DitJob};
 use minisora::train::{vae as vae_train, RunConfig, Session};
@@ -143,6 +145,7 @@ fn a_tiny_model_learns_one_caption_and_generates_it() {
         cfg_interval: [0.0, 1.0],
         shift: None,
         canvas: Canvas::new(4, 16, 16).unwrap(),
+        candidates: 1,
     };
     let g = generate(&model, &meta, &vae, caption.trim(), &options, &Device::Cpu).unwrap();
     let err = mean_sq(&(&g.latent - &z0).unwrap());
@@ -270,6 +273,103 @@ fn a_tiny_model_learns_one_caption_and_generates_it() {
         err.contains("--height 20") && err.contains("multiple of 8"),
         "{err}"
     );
+}
+
+/// Candidates: the model's own diffusion-classifier score prefers the clip
+/// of the caption it is given, and a clip of several candidates keeps the
+/// best scored, which is that candidate's own clip.
+#[test]
+fn the_model_scores_a_captions_own_clip_highest_and_keeps_the_best_candidate() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("clips");
+    ShapesWorldSet::new(5, Canvas::new(4, 16, 16).unwrap(), "gif", 8.0)
+        .unwrap()
+        .write(&data, 2, |_| ())
+        .unwrap();
+    let (_, vae_dir) = setup(root.path());
+    let out = root.path().join("dit");
+    dit::train(
+        &out,
+        &job(&vae_dir, run(250, &data, 4, 3e-3)),
+        &session(false, None),
+        &Device::Cpu,
+        |_| (),
+    )
+    .unwrap();
+    let (meta, model, vae) = dit::load(&out.join("checkpoint"), &Device::Cpu).unwrap();
+    let clip = |i: usize| {
+        let caption = std::fs::read_to_string(data.join(format!("clip_{i:06}.txt"))).unwrap();
+        let path = data.join(format!("clip_{i:06}.gif"));
+        let frames = minisora::video::read(&path, &Default::default()).unwrap();
+        (
+            caption.trim().to_string(),
+            encode(&vae, &frames, &Device::Cpu).unwrap(),
+        )
+    };
+    let (captions, latents): (Vec<_>, Vec<_>) = (0..2).map(clip).unzip();
+    assert_ne!(captions[0], captions[1]);
+    let x0 = Tensor::cat(&latents, 0).unwrap();
+    let tok = &meta.tokenizer;
+    let ids = |v: Vec<u32>| Tensor::from_vec(v, (1, tok.max_len), &Device::Cpu).unwrap();
+    let uncond = ids(tok.null());
+    for (i, caption) in captions.iter().enumerate() {
+        let cond = ids(tok.encode(caption).unwrap());
+        let scores = prompt_scores(&model, &cond, &uncond, &x0, 3).unwrap();
+        assert!(
+            scores[i] > scores[1 - i],
+            "\"{caption}\" scores its own clip {} and the other {}",
+            scores[i],
+            scores[1 - i]
+        );
+        // the same latent twice gets the same draws, so the same score
+        let twice = Tensor::cat(&[&latents[i], &latents[i]], 0).unwrap();
+        let same = prompt_scores(&model, &cond, &uncond, &twice, 3).unwrap();
+        assert!((same[0] - same[1]).abs() < 1e-6, "{same:?}");
+        assert!((same[0] - scores[i]).abs() < 1e-4, "{same:?} {scores:?}");
+    }
+
+    let options = SampleOptions {
+        seed: 4,
+        steps: 6,
+        sampler: "dpm++2m".into(),
+        cfg: 3.0,
+        cfg_interval: [0.0, 1.0],
+        shift: None,
+        canvas: Canvas::new(4, 16, 16).unwrap(),
+        candidates: 3,
+    };
+    let g = generate(&model, &meta, &vae, &captions[0], &options, &Device::Cpu).unwrap();
+    assert_eq!(g.scores.len(), 3);
+    let best = (0..3).fold(0, |b, i| if g.scores[i] > g.scores[b] { i } else { b });
+    assert_eq!(g.chosen, best);
+    assert_eq!(g.predictions.len(), 6);
+    assert_eq!(g.predictions[5].dims(), g.latent.dims());
+    // the kept clip is its candidate's own: sampled alone from that
+    // candidate's seed, it comes out the same (up to the rounding of a
+    // bigger batch)
+    let alone = SampleOptions {
+        seed: candidate_seed(options.seed, g.chosen),
+        candidates: 1,
+        ..options.clone()
+    };
+    let single = generate(&model, &meta, &vae, &captions[0], &alone, &Device::Cpu).unwrap();
+    assert!(single.scores.is_empty() && single.chosen == 0);
+    let diff = max_abs(&(&single.latent - &g.latent).unwrap());
+    assert!(
+        diff < 1e-4,
+        "kept candidate differs from its own sample by {diff}"
+    );
+    // candidate 0 is the plain sampler's clip
+    assert_eq!(candidate_seed(options.seed, 0), options.seed);
+    let none = SampleOptions {
+        candidates: 0,
+        ..options.clone()
+    };
+    let err = generate(&model, &meta, &vae, &captions[0], &none, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("--candidates"), "{err}");
 }
 
 #[test]
@@ -516,6 +616,7 @@ fn trains_resumes_and_generates(
         cfg_interval: [0.0, 1.0],
         shift: None,
         canvas: Canvas::new(4, 16, 16).unwrap(),
+        candidates: 1,
     };
     let g = generate(&model, &meta, &vae, caption.trim(), &options, &Device::Cpu).unwrap();
     assert_eq!(g.frames.dim(), (4, 16, 16, 3));
