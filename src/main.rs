@@ -167,10 +167,12 @@ struct SamplingArgs {
     /// [default: the shift the model was trained with]
     #[arg(long)]
     shift: Option<f64>,
-    /// Clips sampled per prompt, of which the one the model itself judges
-    /// to show the prompt best is kept (its own diffusion-classifier score:
-    /// how much the prompt lowers its denoising error on the clip)
-    #[arg(long, default_value_t = 1)]
+    /// Clips sampled per prompt (one batch), of which the one the model
+    /// itself judges to show the prompt best is kept: its own
+    /// diffusion-classifier score, how much the prompt lowers its denoising
+    /// error on the clip at high noise. Each candidate costs about one more
+    /// clip's sampling; 1 is the plain sampler, scoring nothing
+    #[arg(long, default_value_t = 4)]
     candidates: usize,
     #[command(flatten)]
     device: DeviceArgs,
