@@ -121,7 +121,9 @@ def load_case(
     want = (config["batch"], config["dit"]["latent_channels"], *config["latent"])
     if tuple(inputs["x"].shape) != want:
         fail(f"{folder}: x has shape {tuple(inputs['x'].shape)}, config.json says {want}")
-    return model, [inputs[name].to(device=device, dtype=dtype) for name in INPUTS], expected
+    # a self-conditioning DiT's export carries the estimate it was called with
+    names = INPUTS + (("estimate",) if "estimate" in inputs else ())
+    return model, [inputs[name].to(device=device, dtype=dtype) for name in names], expected
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

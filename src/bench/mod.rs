@@ -317,8 +317,9 @@ pub fn random_dit(dit: &DitConfig, seed: u64, device: &Device) -> Result<(Dit, V
 /// minisora's DiT on the CPU in f32: `config.json` (the DiT's configuration,
 /// grid, latent size and batch), `weights.safetensors` (random weights,
 /// [`random_dit`]), `inputs.safetensors` (`x`, `t`, `context`, `pooled`,
-/// `keep`, with the last caption position padded) and `output.safetensors`
-/// (`out`, minisora's prediction).
+/// `keep`, with the last caption position padded, and for a
+/// self-conditioning DiT `estimate`, a previous clean estimate shaped like
+/// `x`) and `output.safetensors` (`out`, minisora's prediction).
 pub fn export(
     dit: &DitConfig,
     grid: [usize; 3],
@@ -350,7 +351,14 @@ pub fn export(
         .map(|j| if j % l == l - 1 && l > 1 { 0.0 } else { 1.0 })
         .collect();
     let keep = Tensor::from_vec(keep, (batch, l), &device)?;
-    let out = model.forward(&x, &t, &context, &pooled, &keep)?;
+    // a self-conditioning DiT is checked as a sampler calls it, with an
+    // estimate, so that its embedding is part of the parity
+    let estimate = if dit.self_cond {
+        Some(randn(&mut rng, x.dims(), &device)?)
+    } else {
+        None
+    };
+    let out = model.forward_with_estimate(&x, estimate.as_ref(), &t, &context, &pooled, &keep)?;
     std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
     write_json(
         &dir.join("config.json"),
@@ -366,14 +374,15 @@ pub fn export(
         &crate::checkpoint::named_tensors(&varmap)?,
     )?;
     let inputs: HashMap<String, Tensor> = [
-        ("x", x),
-        ("t", t),
-        ("context", context),
-        ("pooled", pooled),
-        ("keep", keep),
+        ("x", Some(x)),
+        ("t", Some(t)),
+        ("context", Some(context)),
+        ("pooled", Some(pooled)),
+        ("keep", Some(keep)),
+        ("estimate", estimate),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
+    .filter_map(|(k, v)| Some((k.to_string(), v?)))
     .collect();
     write_tensors(&dir.join("inputs.safetensors"), &inputs)?;
     write_tensors(
