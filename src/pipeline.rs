@@ -11,6 +11,7 @@ use crate::data::shapes_world::Canvas;
 use crate::diffusion::{guide, sampler, timesteps, Denoiser, SamplerState};
 use crate::rng::Rng;
 use crate::train::dit::{Caption, DitMeta, TextToVideo};
+use crate::train::judge::JudgeCheckpoint;
 use crate::train::randn;
 use crate::train::vae::VaeCheckpoint;
 use crate::video::{frames_to_tensor, tensor_to_frames, Frames};
@@ -104,8 +105,9 @@ pub struct Generated {
     pub frames: Frames,
     pub latent: Tensor,
     pub predictions: Vec<Tensor>,
-    /// [`prompt_scores`] of the candidates, in candidate order (empty for
-    /// one candidate, which is not scored).
+    /// The candidates' scores, in candidate order: the judge's logits, or
+    /// without a judge [`prompt_scores`] (empty for one candidate, which is
+    /// not scored).
     pub scores: Vec<f64>,
     /// The candidate kept: the best scored (0 for one candidate).
     pub chosen: usize,
@@ -164,10 +166,13 @@ pub fn generate(
     options: &SampleOptions,
     device: &Device,
 ) -> Result<Generated> {
-    generate_from(model, meta, vae, prompt, options, None, device)
+    generate_from(model, meta, vae, prompt, options, None, None, device)
 }
 
 /// Generates one clip of `prompt`, from `init` when given (see [`Init`]).
+/// With several candidates, `judge` picks the one kept (the highest
+/// rated); without one, the DiT's own [`prompt_scores`] do.
+#[allow(clippy::too_many_arguments)]
 pub fn generate_from(
     model: &TextToVideo,
     meta: &DitMeta,
@@ -175,6 +180,7 @@ pub fn generate_from(
     prompt: &str,
     options: &SampleOptions,
     init: Option<&Init>,
+    judge: Option<&JudgeCheckpoint>,
     device: &Device,
 ) -> Result<Generated> {
     crate::ops::on_cpu_pool(device, || {
@@ -264,8 +270,13 @@ pub fn generate_from(
         let (scores, chosen) = if n == 1 {
             (Vec::new(), 0)
         } else {
-            let (c, u) = (cond.narrow(0, 0, 1)?, uncond.narrow(0, 0, 1)?);
-            let scores = prompt_scores(model, &c, &u, &x, options.seed)?;
+            let scores = match judge {
+                Some(judge) => judge.scores(&x, prompt)?,
+                None => {
+                    let (c, u) = (cond.narrow(0, 0, 1)?, uncond.narrow(0, 0, 1)?);
+                    prompt_scores(model, &c, &u, &x, options.seed)?
+                }
+            };
             let chosen = (0..n).fold(0, |best, i| if scores[i] > scores[best] { i } else { best });
             (scores, chosen)
         };

@@ -74,6 +74,7 @@ pub fn sweep(
                 prompts,
                 &options,
                 None,
+                None,
                 device,
                 threads,
                 {

@@ -5,5 +5,6 @@
 mod encoder;
 mod tokenizer;
 
+pub(crate) use encoder::Block;
 pub use encoder::{TextConfig, TextEncoder};
 pub use tokenizer::{Tokenizer, NULL_ID, PAD_ID};

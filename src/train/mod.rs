@@ -7,6 +7,7 @@
 //! stopped.
 
 pub mod dit;
+pub mod judge;
 pub mod model;
 pub mod optim;
 pub mod parallel;
@@ -386,8 +387,10 @@ pub fn seeded_init(varmap: &candle_nn::VarMap, seed: u64) -> Result<()> {
             flat.max_all()?.to_scalar::<f32>()?,
         );
         // constants (zeros of adaLN-Zero and residual outputs, ones of norm
-        // gains) were chosen on purpose; only random draws are redone
-        if lo == hi {
+        // gains) were chosen on purpose; only random draws are redone (a
+        // single random value, such as the bias of a one-output head, looks
+        // constant too: only zeros and ones count as chosen)
+        if lo == hi && (lo == 0.0 || lo == 1.0) {
             continue;
         }
         let dims = t.dims().to_vec();

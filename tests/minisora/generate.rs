@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use minisora::data::clips::ShapesWorldSet;
 use minisora::data::shapes_world::Canvas;
 use minisora::dit::DitConfig;
@@ -179,6 +179,7 @@ fn a_tiny_model_learns_one_caption_and_generates_it() {
             caption,
             &options,
             Some(&init),
+            None,
             &Device::Cpu,
         )
     };
@@ -358,6 +359,56 @@ fn the_model_scores_a_captions_own_clip_highest_and_keeps_the_best_candidate() {
     assert!(
         diff < 1e-4,
         "kept candidate differs from its own sample by {diff}"
+    );
+    // a judge, when given, rates the candidates instead: the kept clip is
+    // its best rated, and rated the same alone
+    let judge_run = root.path().join("judge");
+    let judge_job = crate::judge::job(&vae_dir, {
+        let mut r = crate::judge::run(1, 0);
+        r.shards = 1;
+        r
+    });
+    minisora::train::judge::train(
+        &judge_run,
+        &judge_job,
+        &session(false, None),
+        &Device::Cpu,
+        |_| (),
+    )
+    .unwrap();
+    let judge = minisora::train::judge::load(
+        &judge_run.join("checkpoint"),
+        Some(&vae_dir),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    let judged = generate_from(
+        &model,
+        &meta,
+        &vae,
+        &captions[0],
+        &options,
+        None,
+        Some(&judge),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(judged.scores.len(), 3);
+    assert_ne!(judged.scores, g.scores, "the judge's own scores");
+    let best = (0..3).fold(0, |b, i| {
+        if judged.scores[i] > judged.scores[b] {
+            i
+        } else {
+            b
+        }
+    });
+    assert_eq!(judged.chosen, best);
+    let alone = judge.scores(&judged.latent, &captions[0]).unwrap()[0];
+    assert!(
+        (alone - judged.scores[best]).abs() < 1e-4,
+        "{alone} {:?}",
+        judged.scores
     );
     // candidate 0 is the plain sampler's clip
     assert_eq!(candidate_seed(options.seed, 0), options.seed);

@@ -8,6 +8,7 @@ mod diffusion;
 mod dit;
 mod generate;
 mod inspect;
+mod judge;
 mod parser;
 mod patch;
 mod peer;
