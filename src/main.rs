@@ -288,10 +288,11 @@ enum TrainCommand {
         another word is an error that names it."
     )]
     Dit(TrainDitArgs),
-    /// Train the whole default text-to-video model: the autoencoder, then the text encoder and DiT
+    /// Train the whole default text-to-video model: the autoencoder, then the text encoder and DiT, then the judge
     #[command(
-        after_help = "OUT/vae/ and OUT/dit/ are the two stages' run folders (checkpoint/ and log.csv each); \
-        the finished model is OUT/dit/checkpoint/, ready for `minisora generate --checkpoint`. \
+        after_help = "OUT/vae/, OUT/dit/ and OUT/judge/ are the stages' run folders (checkpoint/ and \
+        log.csv each); the finished model is OUT/dit/checkpoint/ (the judge written into its \
+        judge/), ready for `minisora generate --checkpoint`. \
         Interrupted? Run the same command with --resume: the unfinished stage continues exactly \
         where its checkpoint stopped, a finished one is skipped.\n\n\
         The defaults train the shipped model (samples/model):\n  minisora train model --out runs/model"
@@ -332,19 +333,19 @@ struct TrainJudgeArgs {
     #[arg(long, default_value_t = JUDGE_STEPS)]
     steps: u64,
     /// Examples per step (each three pairs: a match and two mistakes)
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = JUDGE_BATCH)]
     batch: usize,
     /// Peak learning rate
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = JUDGE_LR)]
     lr: f64,
     /// Warm-up steps
     #[arg(long, default_value_t = 100)]
     warmup: u64,
     /// Decay of the weights' moving average used to judge
-    #[arg(long, default_value_t = 0.995)]
+    #[arg(long, default_value_t = JUDGE_EMA)]
     ema: f64,
     /// Share of two-object captions, in [0, 1]
-    #[arg(long, value_name = "SHARE", default_value_t = 0.65)]
+    #[arg(long, value_name = "SHARE", default_value_t = DIT_TWO_OBJECTS)]
     two_objects: f64,
     /// Seed of the data order and initial weights
     #[arg(long, default_value_t = 0)]
@@ -591,6 +592,13 @@ struct TrainModelArgs {
     /// 2; resuming, the run's own]
     #[arg(long, value_name = "N")]
     dit_text_depth: Option<usize>,
+    /// Judge optimizer steps (see train judge); 0 trains no judge, and the
+    /// model's candidates are then ranked by the DiT's own score
+    #[arg(long, default_value_t = JUDGE_STEPS)]
+    judge_steps: u64,
+    /// Judge examples per step
+    #[arg(long, default_value_t = JUDGE_BATCH)]
+    judge_batch: usize,
     /// Share of two-object captions in the DiT stage's clips, in [0, 1];
     /// 0.5 is the grammar's own draw (see train dit --two-objects) [default:
     /// 0.65, the shipped model's]
@@ -1103,8 +1111,11 @@ const DIT_TIME_MIX: f64 = 0.0;
 /// in 90 minutes on the 2-core machine, the autoencoder's stage in 30.
 const VAE_STEPS: u64 = 8400;
 const DIT_STEPS: u64 = 11800;
-/// The shipped judge's training length (`train judge`).
+/// The shipped judge's training (`train judge` and `train model`).
 const JUDGE_STEPS: u64 = 1500;
+const JUDGE_BATCH: usize = 32;
+const JUDGE_LR: f64 = 1e-3;
+const JUDGE_EMA: f64 = 0.995;
 /// Share of two-object captions in the DiT's Shapes World clips: the shipped
 /// model's, where the grammar's own draw is one half (samples/model/card.md).
 const DIT_TWO_OBJECTS: f64 = 0.65;
@@ -1804,6 +1815,23 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
         cfg_dropout: 0.1,
         time_shift: DIT_TIME_SHIFT,
         time_mix: DIT_TIME_MIX,
+        judge: (args.judge_steps > 0).then(|| {
+            (
+                minisora::judge::JudgeConfig::for_dit(&preset.dit),
+                RunConfig {
+                    two_objects: Some(DIT_TWO_OBJECTS),
+                    ..run(
+                        args.judge_steps,
+                        args.judge_batch,
+                        JUDGE_LR,
+                        100,
+                        250,
+                        0.1,
+                        JUDGE_EMA,
+                    )
+                },
+            )
+        }),
     };
     let session = Session {
         resume: args.resume,
@@ -1811,17 +1839,17 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
         command: command_line().join(" "),
     };
     let bar = std::cell::RefCell::new(progress_bar(1, 0)?);
-    let totals = (args.vae_steps, args.dit_steps);
+    let totals = (args.vae_steps, args.dit_steps, args.judge_steps);
     let outcome = model::train(
         &args.out,
         &plan,
         &session,
         &Device::Cpu,
         |stage, from| {
-            let total = if stage == Stage::Vae {
-                totals.0
-            } else {
-                totals.1
+            let total = match stage {
+                Stage::Vae => totals.0,
+                Stage::Dit => totals.1,
+                Stage::Judge => totals.2,
             };
             bar.borrow().finish_and_clear();
             println!("{}: step {from} of {total}", stage.name());
@@ -1840,10 +1868,11 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
     )?;
     bar.borrow().finish();
     println!(
-        "model: {} (autoencoder {:.0} s, text encoder + DiT {:.0} s this run)",
+        "model: {} (autoencoder {:.0} s, text encoder + DiT {:.0} s, judge {:.0} s this run)",
         outcome.checkpoint.display(),
         outcome.vae_seconds,
-        outcome.dit_seconds
+        outcome.dit_seconds,
+        outcome.judge_seconds
     );
     Ok(())
 }
@@ -1945,9 +1974,13 @@ fn generate(args: GenerateArgs) -> Result<()> {
         if !g.scores.is_empty() {
             let scores: Vec<String> = g.scores.iter().map(|s| format!("{s:.4}")).collect();
             line += &format!(
-                " (kept candidate {} of {}; scores {})",
+                " (kept candidate {} of {}, rated by {}; scores {})",
                 g.chosen,
                 g.scores.len(),
+                match judge {
+                    Some(_) => "the judge",
+                    None => "the DiT's own score",
+                },
                 scores.join(" ")
             );
         }
