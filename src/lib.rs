@@ -28,7 +28,6 @@ pub mod dit;
 pub mod error;
 pub mod eval;
 pub mod inspect;
-pub mod judge;
 pub mod nn;
 pub mod ops;
 pub mod patch;

@@ -167,18 +167,21 @@ struct SamplingArgs {
     /// [default: the shift the model was trained with]
     #[arg(long)]
     shift: Option<f64>,
-    /// Clips sampled per prompt (one batch), of which the one rated to show
-    /// the prompt best is kept (see --rank-by). Each candidate costs about
-    /// one more clip's sampling; 1 is the plain sampler, rating nothing
+    /// Clips sampled per prompt (one batch), of which the one the model
+    /// itself judges to show the prompt best is kept (see --rank-by). Each
+    /// candidate costs about one more clip's sampling; 1 is the plain
+    /// sampler, scoring nothing
     #[arg(long, default_value_t = 4)]
     candidates: usize,
-    /// What rates the candidates: `judge`, the model's judge (MODEL/judge,
-    /// made by `minisora train judge`), or `dit`, the DiT's own
-    /// diffusion-classifier score (how much the prompt lowers its denoising
-    /// error on the clip at high noise; about 3 candidates' sampling more)
-    /// [default: judge if the model has one, else dit]
-    #[arg(long, value_name = "judge|dit", value_parser = ["judge", "dit"])]
-    rank_by: Option<String>,
+    /// How the model rates its candidates, by its own diffusion-classifier
+    /// score at high noise: `dit`, how much the prompt lowers its denoising
+    /// error on the clip against the empty caption (scoring costs about 3
+    /// candidates' sampling); `rivals`, the same against the empty caption
+    /// and the captions the clip is most easily taken for, each object with
+    /// another shape or size and each of two objects alone (a Shapes World
+    /// prompt's; 5 or 11 captions in all)
+    #[arg(long, value_name = "dit|rivals", default_value = "dit", value_parser = ["dit", "rivals"])]
+    rank_by: String,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -223,6 +226,7 @@ impl SamplingArgs {
             shift: self.shift,
             canvas,
             candidates: self.candidates,
+            rivals: self.rank_by == "rivals",
         }
     }
 }
@@ -288,84 +292,15 @@ enum TrainCommand {
         another word is an error that names it."
     )]
     Dit(TrainDitArgs),
-    /// Train the whole default text-to-video model: the autoencoder, then the text encoder and DiT, then the judge
+    /// Train the whole default text-to-video model: the autoencoder, then the text encoder and DiT
     #[command(
-        after_help = "OUT/vae/, OUT/dit/ and OUT/judge/ are the stages' run folders (checkpoint/ and \
-        log.csv each); the finished model is OUT/dit/checkpoint/ (the judge written into its \
-        judge/), ready for `minisora generate --checkpoint`. \
+        after_help = "OUT/vae/ and OUT/dit/ are the two stages' run folders (checkpoint/ and log.csv each); \
+        the finished model is OUT/dit/checkpoint/, ready for `minisora generate --checkpoint`. \
         Interrupted? Run the same command with --resume: the unfinished stage continues exactly \
         where its checkpoint stopped, a finished one is skipped.\n\n\
         The defaults train the shipped model (samples/model):\n  minisora train model --out runs/model"
     )]
     Model(TrainModelArgs),
-    /// Train a judge for a text-to-video model: it rates how well a clip's latent matches a caption, and generation keeps the best rated of several candidates
-    #[command(
-        after_help = "Trains on Shapes World clips encoded by MODEL's autoencoder (MODEL/vae): each \
-        clip against its caption, against a caption one mistake away (a shape, size, colour or \
-        motion changed, an attribute swapped between the objects, an object left out or copied), \
-        and each caption against the render of such a mistake. OUT/checkpoint/ and OUT/log.csv \
-        are the run's (--resume continues it exactly); when the run finishes, the judge is \
-        written to MODEL/judge/, where generate and eval find it. The log's clip_rank and \
-        caption_rank are the shares of the step's examples ranked right; the end prints both on \
-        held-out examples.\n\n\
-        The defaults train the shipped model's judge:\n  \
-        minisora train judge --model samples/model --out runs/judge"
-    )]
-    Judge(TrainJudgeArgs),
-}
-
-#[derive(Args)]
-struct TrainJudgeArgs {
-    /// The text-to-video model to judge for: its autoencoder's latents are
-    /// read, and the finished judge is written to MODEL/judge/
-    #[arg(long, value_name = "MODEL")]
-    model: PathBuf,
-    /// Judge width
-    #[arg(long, default_value_t = 128)]
-    hidden: usize,
-    /// Judge transformer blocks
-    #[arg(long, default_value_t = 4)]
-    depth: usize,
-    /// Judge attention heads
-    #[arg(long, default_value_t = 4)]
-    heads: usize,
-    /// Optimizer steps in all (the shipped judge's)
-    #[arg(long, default_value_t = JUDGE_STEPS)]
-    steps: u64,
-    /// Examples per step (each three pairs: a match and two mistakes)
-    #[arg(long, default_value_t = JUDGE_BATCH)]
-    batch: usize,
-    /// Peak learning rate
-    #[arg(long, default_value_t = JUDGE_LR)]
-    lr: f64,
-    /// Warm-up steps
-    #[arg(long, default_value_t = 100)]
-    warmup: u64,
-    /// Decay of the weights' moving average used to judge
-    #[arg(long, default_value_t = JUDGE_EMA)]
-    ema: f64,
-    /// Share of two-object captions, in [0, 1]
-    #[arg(long, value_name = "SHARE", default_value_t = DIT_TWO_OBJECTS)]
-    two_objects: f64,
-    /// Seed of the data order and initial weights
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    #[command(flatten)]
-    clip: ClipArgs,
-    #[command(flatten)]
-    shards: ShardArgs,
-    /// Steps between checkpoints
-    #[arg(long, default_value_t = 250)]
-    checkpoint_every: u64,
-    /// Run folder
-    #[arg(long, default_value = "runs/judge")]
-    out: PathBuf,
-    /// Continue the checkpoint in --out
-    #[arg(long)]
-    resume: bool,
-    /// Stop after this step (with a checkpoint), to continue later with --resume
-    #[arg(long)]
-    stop_at: Option<u64>,
 }
 
 #[derive(Args)]
@@ -592,13 +527,6 @@ struct TrainModelArgs {
     /// 2; resuming, the run's own]
     #[arg(long, value_name = "N")]
     dit_text_depth: Option<usize>,
-    /// Judge optimizer steps (see train judge); 0 trains no judge, and the
-    /// model's candidates are then ranked by the DiT's own score
-    #[arg(long, default_value_t = JUDGE_STEPS)]
-    judge_steps: u64,
-    /// Judge examples per step
-    #[arg(long, default_value_t = JUDGE_BATCH)]
-    judge_batch: usize,
     /// Share of two-object captions in the DiT stage's clips, in [0, 1];
     /// 0.5 is the grammar's own draw (see train dit --two-objects) [default:
     /// 0.65, the shipped model's]
@@ -1111,11 +1039,6 @@ const DIT_TIME_MIX: f64 = 0.0;
 /// in 90 minutes on the 2-core machine, the autoencoder's stage in 30.
 const VAE_STEPS: u64 = 8400;
 const DIT_STEPS: u64 = 11800;
-/// The shipped judge's training (`train judge` and `train model`).
-const JUDGE_STEPS: u64 = 1500;
-const JUDGE_BATCH: usize = 32;
-const JUDGE_LR: f64 = 1e-3;
-const JUDGE_EMA: f64 = 0.995;
 /// Share of two-object captions in the DiT's Shapes World clips: the shipped
 /// model's, where the grammar's own draw is one half (samples/model/card.md).
 const DIT_TWO_OBJECTS: f64 = 0.65;
@@ -1301,77 +1224,6 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
     Ok(())
 }
 
-fn train_judge(args: TrainJudgeArgs) -> Result<()> {
-    use minisora::train::{dit, judge, RunConfig, Session};
-    let meta: dit::DitMeta =
-        minisora::checkpoint::read_config(&args.model, "dit", "a text-to-video model")
-            .with_context(|| format!("--model {}", args.model.display()))?;
-    let vae_dir = args.model.join("vae");
-    let config = minisora::judge::JudgeConfig {
-        width: args.hidden,
-        depth: args.depth,
-        heads: args.heads,
-        ..minisora::judge::JudgeConfig::for_dit(&meta.dit)
-    };
-    let run = RunConfig {
-        steps: args.steps,
-        batch: args.batch,
-        lr: args.lr,
-        warmup: args.warmup,
-        lr_floor: 0.1,
-        seed: args.seed,
-        data: "shapes".into(),
-        frames: args.clip.frames,
-        height: args.clip.height,
-        width: args.clip.width,
-        checkpoint_every: args.checkpoint_every.max(1),
-        shards: args.shards.for_batch(args.batch),
-        ema_decay: args.ema,
-        two_objects: Some(args.two_objects),
-    };
-    let job = judge::JudgeJob {
-        judge: config,
-        run,
-        vae_dir: &vae_dir,
-    };
-    let session = Session {
-        resume: args.resume,
-        stop_at: args.stop_at,
-        command: command_line().join(" "),
-    };
-    let bar = progress_bar(args.steps, 0)?;
-    let outcome = judge::train(&args.out, &job, &session, &Device::Cpu, |r| {
-        bar.set_position(r.step);
-        let figure = |name: &str| {
-            r.extra
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map_or(0.0, |(_, v)| *v)
-        };
-        bar.set_message(format!(
-            "loss {:.4}  clip rank {:.0}%  caption rank {:.0}%  {:.1} clips/s",
-            r.loss,
-            100.0 * figure("clip_rank"),
-            100.0 * figure("caption_rank"),
-            r.clips_per_s
-        ));
-    })?;
-    finish_run(&bar, &outcome, args.steps);
-    if outcome.step == args.steps {
-        let installed = judge::install(&outcome.checkpoint, &args.model)?;
-        if let Some([clip, caption]) = installed.held_out {
-            println!(
-                "held out ({} examples): clip ranked above its mistake's render {:.1}%, caption above a mistaken one {:.1}%",
-                judge::HELD_OUT_EXAMPLES,
-                100.0 * clip,
-                100.0 * caption
-            );
-        }
-        println!("judge written to {}", args.model.join("judge").display());
-    }
-    Ok(())
-}
-
 /// Exactly `N` comma-separated numbers, or `None`.
 fn numbers<T: std::str::FromStr, const N: usize>(text: &str) -> Option<[T; N]> {
     let parsed: Option<Vec<T>> = text.split(',').map(|p| p.trim().parse().ok()).collect();
@@ -1543,6 +1395,7 @@ fn bench_steps(args: BenchStepsArgs) -> Result<()> {
         shift: args.shift,
         canvas: args.clip.canvas()?,
         candidates: 1,
+        rivals: false,
     };
     let points_total = args.samplers.len() * step_counts.len();
     let bar = progress_bar((points_total * prompts.len()) as u64, 0)?;
@@ -1815,23 +1668,6 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
         cfg_dropout: 0.1,
         time_shift: DIT_TIME_SHIFT,
         time_mix: DIT_TIME_MIX,
-        judge: (args.judge_steps > 0).then(|| {
-            (
-                minisora::judge::JudgeConfig::for_dit(&preset.dit),
-                RunConfig {
-                    two_objects: Some(DIT_TWO_OBJECTS),
-                    ..run(
-                        args.judge_steps,
-                        args.judge_batch,
-                        JUDGE_LR,
-                        100,
-                        250,
-                        0.1,
-                        JUDGE_EMA,
-                    )
-                },
-            )
-        }),
     };
     let session = Session {
         resume: args.resume,
@@ -1839,17 +1675,17 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
         command: command_line().join(" "),
     };
     let bar = std::cell::RefCell::new(progress_bar(1, 0)?);
-    let totals = (args.vae_steps, args.dit_steps, args.judge_steps);
+    let totals = (args.vae_steps, args.dit_steps);
     let outcome = model::train(
         &args.out,
         &plan,
         &session,
         &Device::Cpu,
         |stage, from| {
-            let total = match stage {
-                Stage::Vae => totals.0,
-                Stage::Dit => totals.1,
-                Stage::Judge => totals.2,
+            let total = if stage == Stage::Vae {
+                totals.0
+            } else {
+                totals.1
             };
             bar.borrow().finish_and_clear();
             println!("{}: step {from} of {total}", stage.name());
@@ -1868,11 +1704,10 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
     )?;
     bar.borrow().finish();
     println!(
-        "model: {} (autoencoder {:.0} s, text encoder + DiT {:.0} s, judge {:.0} s this run)",
+        "model: {} (autoencoder {:.0} s, text encoder + DiT {:.0} s this run)",
         outcome.checkpoint.display(),
         outcome.vae_seconds,
-        outcome.dit_seconds,
-        outcome.judge_seconds
+        outcome.dit_seconds
     );
     Ok(())
 }
@@ -1881,7 +1716,6 @@ fn generate(args: GenerateArgs) -> Result<()> {
     use minisora::pipeline;
     let (device, dtype) = args.sampling.device_dtype()?;
     let (meta, model, vae) = load_model(&args.checkpoint, &device, dtype)?;
-    let judge = load_judge(&args.sampling, &args.checkpoint, &device, dtype)?;
     let canvas = args.clip.canvas()?;
     let options = args.sampling.options(args.seed, canvas);
     let write = WriteOptions {
@@ -1945,7 +1779,6 @@ fn generate(args: GenerateArgs) -> Result<()> {
             prompt,
             &options,
             init.as_ref(),
-            judge.as_ref(),
             &device,
         )
         .with_context(|| format!("prompt \"{prompt}\""))?;
@@ -1974,12 +1807,12 @@ fn generate(args: GenerateArgs) -> Result<()> {
         if !g.scores.is_empty() {
             let scores: Vec<String> = g.scores.iter().map(|s| format!("{s:.4}")).collect();
             line += &format!(
-                " (kept candidate {} of {}, rated by {}; scores {})",
+                " (kept candidate {} of {}, rated against {}; scores {})",
                 g.chosen,
                 g.scores.len(),
-                match judge {
-                    Some(_) => "the judge",
-                    None => "the DiT's own score",
+                match options.rivals {
+                    true => "rival captions",
+                    false => "the empty caption",
                 },
                 scores.join(" ")
             );
@@ -2001,32 +1834,6 @@ fn check_strength(flag: &str, strength: f64) -> Result<()> {
         bail!("{flag} must be in (0, 1] (the share of the steps run), got {strength}");
     }
     Ok(())
-}
-
-/// The judge that rates a command's candidates: the model's own (the
-/// checkpoint's, or the shipped model's), as `--rank-by` says; `None` for
-/// one candidate or `--rank-by dit`.
-fn load_judge(
-    sampling: &SamplingArgs,
-    checkpoint: &Option<PathBuf>,
-    device: &Device,
-    dtype: candle_core::DType,
-) -> Result<Option<minisora::train::judge::JudgeCheckpoint>> {
-    if sampling.candidates <= 1 || sampling.rank_by.as_deref() == Some("dit") {
-        return Ok(None);
-    }
-    let dir = checkpoint.clone().unwrap_or_else(|| shipped("model"));
-    let judge = minisora::train::judge::load_beside(&dir, device, dtype)
-        .with_context(|| format!("the judge of {}", dir.display()))?;
-    if judge.is_none() && sampling.rank_by.as_deref() == Some("judge") {
-        bail!(
-            "{} has no judge ({}): train one with `minisora train judge --model {}`, or rank by the DiT's own score with --rank-by dit",
-            dir.display(),
-            dir.join("judge").display(),
-            dir.display()
-        );
-    }
-    Ok(judge)
 }
 
 /// Loads a text-to-video checkpoint, or the shipped one when none is named.
@@ -2141,10 +1948,6 @@ fn eval(args: EvalArgs) -> Result<()> {
         true => None,
         false => Some(load_model(&args.checkpoint, &device, dtype)?),
     };
-    let judge = match args.renders {
-        true => None,
-        false => load_judge(&args.sampling, &args.checkpoint, &device, dtype)?,
-    };
     let prompts = match &args.prompts {
         Some(file) => std::fs::read_to_string(file)
             .with_context(|| format!("cannot read {}", file.display()))?
@@ -2198,7 +2001,6 @@ fn eval(args: EvalArgs) -> Result<()> {
             &prompts,
             &options,
             args.renoise,
-            judge.as_ref(),
             &device,
             threads,
             scored,
@@ -2236,11 +2038,11 @@ fn eval(args: EvalArgs) -> Result<()> {
     );
     if args.sampling.candidates > 1 {
         println!(
-            "candidates   {} a prompt, the best by {} kept",
+            "candidates   {} a prompt, the best by the model's own score against {} kept",
             args.sampling.candidates,
-            match judge {
-                Some(_) => "the model's judge",
-                None => "the DiT's own score",
+            match options.rivals {
+                true => "rival captions",
+                false => "the empty caption",
             }
         );
     }
@@ -2545,7 +2347,6 @@ fn run() -> Result<()> {
         Command::Train(TrainCommand::Vae(args)) => train_vae(args),
         Command::Train(TrainCommand::Dit(args)) => train_dit(args),
         Command::Train(TrainCommand::Model(args)) => train_model(args),
-        Command::Train(TrainCommand::Judge(args)) => train_judge(args),
         Command::Generate(args) => generate(args),
         Command::Eval(args) => eval(args),
         Command::Vae(VaeCommand::Roundtrip(args)) => vae_roundtrip(args),

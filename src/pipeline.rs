@@ -7,11 +7,10 @@ use std::cell::RefCell;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::data::shapes_world::Canvas;
+use crate::data::shapes_world::{Canvas, Scene};
 use crate::diffusion::{guide, sampler, timesteps, Denoiser, SamplerState};
 use crate::rng::Rng;
 use crate::train::dit::{Caption, DitMeta, TextToVideo};
-use crate::train::judge::JudgeCheckpoint;
 use crate::train::randn;
 use crate::train::vae::VaeCheckpoint;
 use crate::video::{frames_to_tensor, tensor_to_frames, Frames};
@@ -38,6 +37,11 @@ pub struct SampleOptions {
     /// itself judges to show the prompt best is kept ([`prompt_scores`]);
     /// 1 samples one clip and scores nothing.
     pub candidates: usize,
+    /// Weigh each candidate against the captions it is
+    /// most easily taken for ([`Scene::rivals`], for a prompt of the Shapes
+    /// World grammar) besides the empty caption; `false`: the empty caption
+    /// alone. See [`prompt_scores`].
+    pub rivals: bool,
 }
 
 /// The DiT with one prompt and guidance folded in, as a [`Denoiser`] of a
@@ -105,9 +109,8 @@ pub struct Generated {
     pub frames: Frames,
     pub latent: Tensor,
     pub predictions: Vec<Tensor>,
-    /// The candidates' scores, in candidate order: the judge's logits, or
-    /// without a judge [`prompt_scores`] (empty for one candidate, which is
-    /// not scored).
+    /// [`prompt_scores`] of the candidates, in candidate order (empty for
+    /// one candidate, which is not scored).
     pub scores: Vec<f64>,
     /// The candidate kept: the best scored (0 for one candidate).
     pub chosen: usize,
@@ -166,13 +169,10 @@ pub fn generate(
     options: &SampleOptions,
     device: &Device,
 ) -> Result<Generated> {
-    generate_from(model, meta, vae, prompt, options, None, None, device)
+    generate_from(model, meta, vae, prompt, options, None, device)
 }
 
 /// Generates one clip of `prompt`, from `init` when given (see [`Init`]).
-/// With several candidates, `judge` picks the one kept (the highest
-/// rated); without one, the DiT's own [`prompt_scores`] do.
-#[allow(clippy::too_many_arguments)]
 pub fn generate_from(
     model: &TextToVideo,
     meta: &DitMeta,
@@ -180,7 +180,6 @@ pub fn generate_from(
     prompt: &str,
     options: &SampleOptions,
     init: Option<&Init>,
-    judge: Option<&JudgeCheckpoint>,
     device: &Device,
 ) -> Result<Generated> {
     crate::ops::on_cpu_pool(device, || {
@@ -270,13 +269,18 @@ pub fn generate_from(
         let (scores, chosen) = if n == 1 {
             (Vec::new(), 0)
         } else {
-            let scores = match judge {
-                Some(judge) => judge.scores(&x, prompt)?,
-                None => {
-                    let (c, u) = (cond.narrow(0, 0, 1)?, uncond.narrow(0, 0, 1)?);
-                    prompt_scores(model, &c, &u, &x, options.seed)?
+            let mut against = vec![uncond.narrow(0, 0, 1)?];
+            if options.rivals {
+                for rival in rival_captions(prompt) {
+                    // a model whose vocabulary lacks a rival's word cannot
+                    // make that mistake: it is left out
+                    if let Ok(words) = tok.encode(&rival) {
+                        against.push(ids(words)?);
+                    }
                 }
-            };
+            }
+            let c = cond.narrow(0, 0, 1)?;
+            let scores = prompt_scores(model, &c, &Tensor::cat(&against, 0)?, &x, options.seed)?;
             let chosen = (0..n).fold(0, |best, i| if scores[i] > scores[best] { i } else { best });
             (scores, chosen)
         };
@@ -322,23 +326,32 @@ pub fn score_times() -> Vec<f32> {
         .collect()
 }
 
+/// The captions of the scenes a clip of `prompt` is most easily taken for
+/// ([`Scene::rivals`]); none for a prompt outside the Shapes World grammar.
+pub fn rival_captions(prompt: &str) -> Vec<String> {
+    Scene::parse(prompt)
+        .map(|scene| scene.rivals().iter().map(Scene::caption).collect())
+        .unwrap_or_default()
+}
+
 /// How much better the prompt `cond` `(1, L)` explains each clean latent of
-/// `x0` `(B, C, T', H', W')` than the empty caption `uncond` does, as the
-/// model itself judges it: a diffusion classifier (Li et al. 2023). Each
-/// latent is noised at the [`score_times`]; its score is the mean over them
-/// of the unconditional velocity's squared error minus the conditional
-/// one's. Each error bounds the latent's log likelihood (with or without
-/// the prompt), so the difference estimates how much the prompt raises it:
-/// a clip with an extra object, two merged ones or the wrong shape is
-/// explained worse. The conditional error alone is no score: it prefers
-/// plain clips (fewer or smaller objects), whatever the prompt. Every latent
-/// gets the same draws (times and noise, from `seed`), so the scores of one
-/// prompt's candidates are compared on equal terms. Higher is better. The
-/// DiT reads no self-conditioning estimate here.
+/// `x0` `(B, C, T', H', W')` than the captions `against` `(R, L)` do (the
+/// empty caption, and maybe rivals), as the model itself judges it: a
+/// diffusion classifier (Li et al. 2023). Each latent is noised at the
+/// [`score_times`]; its score is the mean over them and over `against` of
+/// that caption's velocity's squared error minus the prompt's. Each error
+/// bounds the latent's log likelihood under its caption, so the difference
+/// estimates how much more likely the prompt makes the clip: a clip with an
+/// extra object, two merged ones or the wrong shape is explained worse.
+/// The prompt's error alone is no score: it prefers plain clips (fewer or
+/// smaller objects), whatever the prompt. Every latent gets the same draws
+/// (times and noise, from `seed`), so the scores of one prompt's candidates
+/// are compared on equal terms. Higher is better. The DiT reads no
+/// self-conditioning estimate here.
 pub fn prompt_scores(
     model: &TextToVideo,
     cond: &Tensor,
-    uncond: &Tensor,
+    against: &Tensor,
     x0: &Tensor,
     seed: u64,
 ) -> Result<Vec<f64>> {
@@ -361,9 +374,11 @@ pub fn prompt_scores(
         .flatten_to(1)?;
     let t = Tensor::from_vec(times.repeat(b), b * k, device)?;
     let (x_t, target) = crate::diffusion::interpolate(&x0, &eps, &t)?;
-    let x2 = Tensor::cat(&[&x_t, &x_t], 0)?.to_dtype(model.dit.dtype())?;
-    // the two captions encoded once, each row of the batch a copy
-    let captions = model.encode(&Tensor::cat(&[cond, uncond], 0)?)?;
+    // every caption's rows: the latents at their draws again
+    let n = 1 + against.dim(0)?;
+    let x_n = Tensor::cat(&vec![&x_t; n], 0)?.to_dtype(model.dit.dtype())?;
+    // the captions encoded once, each row of the batch a copy
+    let captions = model.encode(&Tensor::cat(&[cond, against], 0)?)?;
     let rows = |x: &Tensor| -> Result<Tensor> {
         let each = |i: usize| -> Result<Tensor> {
             let r = x.narrow(0, i, 1)?;
@@ -371,7 +386,8 @@ pub fn prompt_scores(
             reps[0] = b * k;
             Ok(r.repeat(reps.as_slice())?)
         };
-        Ok(Tensor::cat(&[&each(0)?, &each(1)?], 0)?)
+        let all = (0..n).map(each).collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&all, 0)?)
     };
     let captions = Caption {
         context: rows(&captions.context)?,
@@ -379,23 +395,29 @@ pub fn prompt_scores(
         keep: rows(&captions.keep)?,
     };
     let v = model
-        .velocity_for(&captions, &x2, None, &Tensor::cat(&[&t, &t], 0)?)?
+        .velocity_for(&captions, &x_n, None, &Tensor::cat(&vec![&t; n], 0)?)?
         .to_dtype(DType::F32)?;
-    let err: Vec<f32> = (v - Tensor::cat(&[&target, &target], 0)?)?
+    let err: Vec<f32> = (v - Tensor::cat(&vec![&target; n], 0)?)?
         .sqr()?
         .flatten_from(1)?
         .mean(1)?
         .to_vec1()?;
-    let (c, u) = err.split_at(b * k);
+    // err[(j * b + i) * k + d]: caption j (0 the prompt), latent i, draw d
+    let (c, others) = err.split_at(b * k);
     Ok((0..b)
         .map(|i| {
             let d = i * k..(i + 1) * k;
-            u[d.clone()]
-                .iter()
-                .zip(&c[d])
-                .map(|(&u, &c)| (u - c) as f64)
+            others
+                .chunks(b * k)
+                .map(|o| {
+                    o[d.clone()]
+                        .iter()
+                        .zip(&c[d.clone()])
+                        .map(|(&o, &c)| (o - c) as f64)
+                        .sum::<f64>()
+                })
                 .sum::<f64>()
-                / k as f64
+                / (k * (n - 1)) as f64
         })
         .collect())
 }

@@ -74,7 +74,6 @@ pub fn sweep(
                 prompts,
                 &options,
                 None,
-                None,
                 device,
                 threads,
                 {

@@ -18,7 +18,6 @@ use crate::data::shapes_world::{render, Canvas, Scene, Shape};
 use crate::pipeline::{encode, generate_from, Init, SampleOptions};
 use crate::rng::Rng;
 use crate::train::dit::{DitMeta, TextToVideo};
-use crate::train::judge::JudgeCheckpoint;
 use crate::train::vae::VaeCheckpoint;
 use crate::train::HELD_OUT;
 use crate::video::Frames;
@@ -87,7 +86,6 @@ pub fn evaluate(
     prompts: &[Scene],
     options: &SampleOptions,
     renoise: Option<f64>,
-    judge: Option<&JudgeCheckpoint>,
     device: &Device,
     threads: usize,
     scored: impl FnMut(usize, &Frames, &[ObjectScore]) -> Result<()>,
@@ -109,7 +107,7 @@ pub fn evaluate(
             None => None,
         };
         let caption = prompts[i].caption();
-        Ok(generate_from(model, meta, vae, &caption, &o, init.as_ref(), judge, device)?.frames)
+        Ok(generate_from(model, meta, vae, &caption, &o, init.as_ref(), device)?.frames)
     };
     score_clips(prompts, threads, make, scored)
 }

@@ -38,9 +38,7 @@ impl TextConfig {
     }
 }
 
-/// A pre-LN transformer block over a padded sequence (shared with the
-/// judge, [`crate::judge`]).
-pub(crate) struct Block {
+struct Block {
     norm1: LayerNorm,
     qkv: Linear,
     proj: Linear,
@@ -50,20 +48,20 @@ pub(crate) struct Block {
 }
 
 impl Block {
-    /// Width `d`, `heads` heads, MLP ratio 4.
-    pub(crate) fn new(d: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.width;
         Ok(Self {
             norm1: LayerNorm::new(d, vb.pp("norm1"))?,
             qkv: candle_nn::linear(d, 3 * d, vb.pp("qkv"))?,
             proj: candle_nn::linear(d, d, vb.pp("proj"))?,
             norm2: LayerNorm::new(d, vb.pp("norm2"))?,
             mlp: Mlp::new(d, 4 * d, vb.pp("mlp"))?,
-            heads,
+            heads: cfg.heads,
         })
     }
 
     /// `x` `(B, L, D)`, `bias` `(B, 1, 1, L)` masking padding keys.
-    pub(crate) fn forward(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let d = x.dim(D::Minus1)?;
         let qkv = apply_last(&self.qkv, &self.norm1.forward(x)?)?;
         let head = |i: usize| split_heads(&qkv.narrow(D::Minus1, i * d, d)?, self.heads);
@@ -106,7 +104,7 @@ impl TextEncoder {
                 },
             )?,
             blocks: (0..config.depth)
-                .map(|i| Block::new(d, config.heads, vb.pp("blocks").pp(i)))
+                .map(|i| Block::new(config, vb.pp("blocks").pp(i)))
                 .collect::<Result<_>>()?,
             norm: LayerNorm::new(d, vb.pp("norm"))?,
         })

@@ -5,6 +5,5 @@
 mod encoder;
 mod tokenizer;
 
-pub(crate) use encoder::Block;
 pub use encoder::{TextConfig, TextEncoder};
 pub use tokenizer::{Tokenizer, NULL_ID, PAD_ID};

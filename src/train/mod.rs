@@ -7,7 +7,6 @@
 //! stopped.
 
 pub mod dit;
-pub mod judge;
 pub mod model;
 pub mod optim;
 pub mod parallel;
@@ -463,6 +462,38 @@ mod tests {
         };
         let err = run.validate().unwrap_err();
         assert!(err.to_string().contains("two-object"), "{err}");
+    }
+
+    #[test]
+    fn seeded_init_redraws_a_single_random_value_and_keeps_chosen_constants() {
+        let values = || -> Vec<Vec<f32>> {
+            let varmap = candle_nn::VarMap::new();
+            let vb =
+                candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &Device::Cpu);
+            // a one-output head: its bias is a single value candle draws at random
+            let head = candle_nn::linear(4, 1, vb.pp("head")).unwrap();
+            let zeros = vb
+                .get_with_hints(3, "zeros", candle_nn::Init::Const(0.0))
+                .unwrap();
+            let ones = vb
+                .get_with_hints(3, "ones", candle_nn::Init::Const(1.0))
+                .unwrap();
+            seeded_init(&varmap, 5).unwrap();
+            [
+                head.weight().flatten_all().unwrap(),
+                head.bias().unwrap().clone(),
+                zeros,
+                ones,
+            ]
+            .iter()
+            .map(|t| t.to_vec1::<f32>().unwrap())
+            .collect()
+        };
+        let (a, b) = (values(), values());
+        assert_eq!(a, b, "the same seed, the same start");
+        assert_eq!(a[1], [0.0], "a bias starts at zero");
+        assert_eq!(a[2], [0.0; 3]);
+        assert_eq!(a[3], [1.0; 3]);
     }
 
     #[test]

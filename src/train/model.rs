@@ -1,12 +1,10 @@
 //! One run for a whole text-to-video model: the compression network first,
-//! then the text encoder and DiT on its latents, then the judge that picks
-//! among candidates.
+//! then the text encoder and DiT on its latents.
 //!
-//! The run folder holds the stages' run folders, `vae/`, `dit/` and
-//! `judge/`, each as [`super::vae::train`], [`super::dit::train`] and
-//! [`super::judge::train`] lay them out; the finished model is
-//! `dit/checkpoint/` (it carries a copy of the autoencoder, and the judge in
-//! `judge/`). A resumed run continues whichever stage was interrupted and
+//! The run folder holds both stages' run folders, `vae/` and `dit/`, each
+//! as [`super::vae::train`] and [`super::dit::train`] lay them out; the
+//! finished model is `dit/checkpoint/` (it carries a copy of the
+//! autoencoder). A resumed run continues whichever stage was interrupted and
 //! skips a stage that has finished.
 
 use std::path::{Path, PathBuf};
@@ -14,10 +12,8 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 
 use super::dit::{self, DitJob};
-use super::judge::{self, JudgeJob};
 use super::{vae, RunConfig, Session, StepReport};
 use crate::dit::DitConfig;
-use crate::judge::JudgeConfig;
 use crate::text::TextConfig;
 use crate::vae::VaeConfig;
 use crate::{invalid, Error, Result};
@@ -33,9 +29,6 @@ pub struct ModelPlan {
     pub cfg_dropout: f64,
     pub time_shift: f64,
     pub time_mix: f64,
-    /// The judge and its run; `None` trains no judge (generation then
-    /// ranks candidates by the DiT's own score).
-    pub judge: Option<(JudgeConfig, RunConfig)>,
 }
 
 /// The stage a progress report belongs to.
@@ -43,7 +36,6 @@ pub struct ModelPlan {
 pub enum Stage {
     Vae,
     Dit,
-    Judge,
 }
 
 impl Stage {
@@ -51,7 +43,6 @@ impl Stage {
         match self {
             Stage::Vae => "autoencoder",
             Stage::Dit => "text encoder + DiT",
-            Stage::Judge => "judge",
         }
     }
 }
@@ -64,7 +55,6 @@ pub struct ModelOutcome {
     /// Seconds each stage ran in this invocation (0 for a skipped stage).
     pub vae_seconds: f64,
     pub dit_seconds: f64,
-    pub judge_seconds: f64,
 }
 
 /// Where stage `stage` of the run in `out` lives.
@@ -72,7 +62,6 @@ pub fn stage_dir(out: &Path, stage: Stage) -> PathBuf {
     out.join(match stage {
         Stage::Vae => "vae",
         Stage::Dit => "dit",
-        Stage::Judge => "judge",
     })
 }
 
@@ -97,10 +86,6 @@ pub fn train(
     plan.vae_run.validate()?;
     plan.dit_run.validate()?;
     plan.dit.validate()?;
-    if let Some((config, run)) = &plan.judge {
-        config.validate()?;
-        run.validate()?;
-    }
     let (vae_dir, dit_dir) = (stage_dir(out, Stage::Vae), stage_dir(out, Stage::Dit));
     if !session.resume && (vae_dir.exists() || dit_dir.exists()) {
         invalid!(
@@ -145,25 +130,9 @@ pub fn train(
     let dit_out = dit::train(&dit_dir, &job, &stage_session(&dit_dir), device, |r| {
         on_step(Stage::Dit, r)
     })?;
-    let mut judge_seconds = 0.0;
-    if let Some((config, run)) = &plan.judge {
-        let judge_dir = stage_dir(out, Stage::Judge);
-        on_start(Stage::Judge, started_at(&judge_dir));
-        let job = JudgeJob {
-            judge: config.clone(),
-            run: run.clone(),
-            vae_dir: &vae_out.checkpoint,
-        };
-        let judge_out = judge::train(&judge_dir, &job, &stage_session(&judge_dir), device, |r| {
-            on_step(Stage::Judge, r)
-        })?;
-        judge::install(&judge_out.checkpoint, &dit_out.checkpoint)?;
-        judge_seconds = judge_out.seconds;
-    }
     Ok(ModelOutcome {
         checkpoint: dit_out.checkpoint,
         vae_seconds: vae_out.seconds,
         dit_seconds: dit_out.seconds,
-        judge_seconds,
     })
 }

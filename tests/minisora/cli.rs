@@ -541,18 +541,16 @@ fn train_dit_then_generate_end_to_end() {
     assert!(
         o.status.success()
             && text(&o).contains("-> k.gif")
-            && text(&o).contains(" of 3, rated by the DiT's own score; scores "),
+            && text(&o).contains(" of 3, rated against the empty caption; scores "),
         "{}",
         text(&o)
     );
     assert!(d.join("k.steps.png").exists());
-    // a judge asked for where the model has none: said, with the way out
-    picked.extend(["--rank-by", "judge"]);
+    // against rival captions: the same candidates, rated otherwise
+    picked.extend(["--rank-by", "rivals"]);
     let o = minisora(&picked, d);
     assert!(
-        !o.status.success()
-            && text(&o).contains("has no judge")
-            && text(&o).contains("minisora train judge"),
+        o.status.success() && text(&o).contains(" of 3, rated against rival captions; scores "),
         "{}",
         text(&o)
     );
@@ -1001,10 +999,6 @@ fn train_model_trains_both_stages_and_resumes_by_skipping_finished_ones() {
         "3",
         "--dit-rope-pairs",
         "2,2,4",
-        "--judge-steps",
-        "2",
-        "--judge-batch",
-        "2",
         "--out",
         "m",
     ];
@@ -1032,11 +1026,6 @@ fn train_model_trains_both_stages_and_resumes_by_skipping_finished_ones() {
     );
     assert!(d.join("m/vae/checkpoint/model.safetensors").exists());
     assert!(d.join("m/dit/checkpoint/vae/model.safetensors").exists());
-    // the judge is trained last, on the autoencoder's latents, and written
-    // into the model
-    assert!(out.contains("judge: step 0 of 2"), "{out}");
-    assert!(d.join("m/judge/checkpoint/train.safetensors").exists());
-    assert!(d.join("m/dit/checkpoint/judge/model.safetensors").exists());
     // again without --resume: refused; with it: both stages are done already
     let o = minisora(&train, d);
     assert!(
@@ -1065,8 +1054,7 @@ fn train_model_trains_both_stages_and_resumes_by_skipping_finished_ones() {
     assert!(
         o.status.success()
             && out.contains("autoencoder: step 2 of 2")
-            && out.contains("DiT: step 2 of 2")
-            && out.contains("judge: step 2 of 2"),
+            && out.contains("DiT: step 2 of 2"),
         "{out}"
     );
     // the finished model generates
@@ -1084,15 +1072,12 @@ fn train_model_trains_both_stages_and_resumes_by_skipping_finished_ones() {
             "16",
             "--width",
             "16",
-            "--candidates",
-            "2",
             "-o",
             "g.gif",
         ],
         d,
     );
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("rated by the judge"), "{}", text(&o));
     // a share outside [0, 1], a RoPE base whose frequencies do not spread,
     // or RoPE pairs that do not fill a head is refused before any stage
     // begins

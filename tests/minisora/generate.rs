@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use minisora::data::clips::ShapesWorldSet;
 use minisora::data::shapes_world::Canvas;
 use minisora::dit::DitConfig;
@@ -146,6 +146,7 @@ fn a_tiny_model_learns_one_caption_and_generates_it() {
         shift: None,
         canvas: Canvas::new(4, 16, 16).unwrap(),
         candidates: 1,
+        rivals: false,
     };
     let g = generate(&model, &meta, &vae, caption.trim(), &options, &Device::Cpu).unwrap();
     let err = mean_sq(&(&g.latent - &z0).unwrap());
@@ -179,7 +180,6 @@ fn a_tiny_model_learns_one_caption_and_generates_it() {
             caption,
             &options,
             Some(&init),
-            None,
             &Device::Cpu,
         )
     };
@@ -338,6 +338,7 @@ fn the_model_scores_a_captions_own_clip_highest_and_keeps_the_best_candidate() {
         shift: None,
         canvas: Canvas::new(4, 16, 16).unwrap(),
         candidates: 3,
+        rivals: false,
     };
     let g = generate(&model, &meta, &vae, &captions[0], &options, &Device::Cpu).unwrap();
     assert_eq!(g.scores.len(), 3);
@@ -351,6 +352,7 @@ fn the_model_scores_a_captions_own_clip_highest_and_keeps_the_best_candidate() {
     let alone = SampleOptions {
         seed: candidate_seed(options.seed, g.chosen),
         candidates: 1,
+        rivals: false,
         ..options.clone()
     };
     let single = generate(&model, &meta, &vae, &captions[0], &alone, &Device::Cpu).unwrap();
@@ -360,60 +362,33 @@ fn the_model_scores_a_captions_own_clip_highest_and_keeps_the_best_candidate() {
         diff < 1e-4,
         "kept candidate differs from its own sample by {diff}"
     );
-    // a judge, when given, rates the candidates instead: the kept clip is
-    // its best rated, and rated the same alone
-    let judge_run = root.path().join("judge");
-    let judge_job = crate::judge::job(&vae_dir, {
-        let mut r = crate::judge::run(1, 0);
-        r.shards = 1;
-        r
-    });
-    minisora::train::judge::train(
-        &judge_run,
-        &judge_job,
-        &session(false, None),
-        &Device::Cpu,
-        |_| (),
-    )
-    .unwrap();
-    let judge = minisora::train::judge::load(
-        &judge_run.join("checkpoint"),
-        Some(&vae_dir),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
-    let judged = generate_from(
-        &model,
-        &meta,
-        &vae,
-        &captions[0],
-        &options,
-        None,
-        Some(&judge),
-        &Device::Cpu,
-    )
-    .unwrap();
-    assert_eq!(judged.scores.len(), 3);
-    assert_ne!(judged.scores, g.scores, "the judge's own scores");
-    let best = (0..3).fold(0, |b, i| {
-        if judged.scores[i] > judged.scores[b] {
-            i
-        } else {
-            b
-        }
-    });
-    assert_eq!(judged.chosen, best);
-    let alone = judge.scores(&judged.latent, &captions[0]).unwrap()[0];
-    assert!(
-        (alone - judged.scores[best]).abs() < 1e-4,
-        "{alone} {:?}",
-        judged.scores
-    );
+    // against rival captions: the mean over them, so a rival given twice
+    // changes nothing, and a caption's own clip still scores highest
+    // against the other caption
+    for (i, caption) in captions.iter().enumerate() {
+        let cond = ids(tok.encode(caption).unwrap());
+        let other = ids(tok.encode(&captions[1 - i]).unwrap());
+        let once = prompt_scores(&model, &cond, &uncond, &x0, 3).unwrap();
+        let twice = Tensor::cat(&[&uncond, &uncond], 0).unwrap();
+        let twice = prompt_scores(&model, &cond, &twice, &x0, 3).unwrap();
+        assert!((once[0] - twice[0]).abs() < 1e-6 && (once[1] - twice[1]).abs() < 1e-6);
+        let against = Tensor::cat(&[&uncond, &other], 0).unwrap();
+        let rivals = prompt_scores(&model, &cond, &against, &x0, 3).unwrap();
+        assert!(rivals[i] > rivals[1 - i], "{rivals:?}");
+    }
+    let rivalled = SampleOptions {
+        rivals: true,
+        ..options.clone()
+    };
+    let r = generate(&model, &meta, &vae, &captions[0], &rivalled, &Device::Cpu).unwrap();
+    assert_eq!(r.scores.len(), 3);
+    let best = (0..3).fold(0, |b, i| if r.scores[i] > r.scores[b] { i } else { b });
+    assert_eq!(r.chosen, best);
     // candidate 0 is the plain sampler's clip
     assert_eq!(candidate_seed(options.seed, 0), options.seed);
     let none = SampleOptions {
         candidates: 0,
+        rivals: false,
         ..options.clone()
     };
     let err = generate(&model, &meta, &vae, &captions[0], &none, &Device::Cpu)
@@ -668,6 +643,7 @@ fn trains_resumes_and_generates(
         shift: None,
         canvas: Canvas::new(4, 16, 16).unwrap(),
         candidates: 1,
+        rivals: false,
     };
     let g = generate(&model, &meta, &vae, caption.trim(), &options, &Device::Cpu).unwrap();
     assert_eq!(g.frames.dim(), (4, 16, 16, 3));

@@ -8,7 +8,6 @@ mod diffusion;
 mod dit;
 mod generate;
 mod inspect;
-mod judge;
 mod parser;
 mod patch;
 mod peer;
