@@ -312,6 +312,10 @@ pub fn candidate_seed(seed: u64, i: usize) -> u64 {
 /// Noise draws per candidate of [`prompt_scores`].
 pub const SCORE_DRAWS: usize = 16;
 
+/// The most clip-rows one forward of [`prompt_scores`] takes (whole
+/// captions' rows: more when one caption has more).
+const SCORE_ROWS: usize = 128;
+
 /// The times [`prompt_scores`] noises a latent to: [`SCORE_DRAWS`] spread
 /// evenly over `(0.5, 1)`. The high half only, because that is where the
 /// layout (how many objects, where, how large) is decided and what the
@@ -376,32 +380,47 @@ pub fn prompt_scores(
     let (x_t, target) = crate::diffusion::interpolate(&x0, &eps, &t)?;
     // every caption's rows: the latents at their draws again
     let n = 1 + against.dim(0)?;
-    let x_n = Tensor::cat(&vec![&x_t; n], 0)?.to_dtype(model.dit.dtype())?;
-    // the captions encoded once, each row of the batch a copy
+    let x_t = x_t.to_dtype(model.dit.dtype())?;
+    // the captions encoded once; each caption's rows are the latents at
+    // their draws, and a forward takes whole captions' rows, at most
+    // SCORE_ROWS of them (one batch of every caption's rows at once runs
+    // slower per row on the CPU)
     let captions = model.encode(&Tensor::cat(&[cond, against], 0)?)?;
-    let rows = |x: &Tensor| -> Result<Tensor> {
-        let each = |i: usize| -> Result<Tensor> {
-            let r = x.narrow(0, i, 1)?;
-            let mut reps = vec![1; r.rank()];
-            reps[0] = b * k;
-            Ok(r.repeat(reps.as_slice())?)
+    let per_forward = (SCORE_ROWS / (b * k)).max(1);
+    let mut err: Vec<f32> = Vec::with_capacity(n * b * k);
+    for first in (0..n).step_by(per_forward) {
+        let m = per_forward.min(n - first);
+        let rows = |x: &Tensor| -> Result<Tensor> {
+            let each = |i: usize| -> Result<Tensor> {
+                let r = x.narrow(0, i, 1)?;
+                let mut reps = vec![1; r.rank()];
+                reps[0] = b * k;
+                Ok(r.repeat(reps.as_slice())?)
+            };
+            let all = (first..first + m).map(each).collect::<Result<Vec<_>>>()?;
+            Ok(Tensor::cat(&all, 0)?)
         };
-        let all = (0..n).map(each).collect::<Result<Vec<_>>>()?;
-        Ok(Tensor::cat(&all, 0)?)
-    };
-    let captions = Caption {
-        context: rows(&captions.context)?,
-        pooled: rows(&captions.pooled)?,
-        keep: rows(&captions.keep)?,
-    };
-    let v = model
-        .velocity_for(&captions, &x_n, None, &Tensor::cat(&vec![&t; n], 0)?)?
-        .to_dtype(DType::F32)?;
-    let err: Vec<f32> = (v - Tensor::cat(&vec![&target; n], 0)?)?
-        .sqr()?
-        .flatten_from(1)?
-        .mean(1)?
-        .to_vec1()?;
+        let group = Caption {
+            context: rows(&captions.context)?,
+            pooled: rows(&captions.pooled)?,
+            keep: rows(&captions.keep)?,
+        };
+        let v = model
+            .velocity_for(
+                &group,
+                &Tensor::cat(&vec![&x_t; m], 0)?,
+                None,
+                &Tensor::cat(&vec![&t; m], 0)?,
+            )?
+            .to_dtype(DType::F32)?;
+        err.extend(
+            (v - Tensor::cat(&vec![&target; m], 0)?)?
+                .sqr()?
+                .flatten_from(1)?
+                .mean(1)?
+                .to_vec1::<f32>()?,
+        );
+    }
     // err[(j * b + i) * k + d]: caption j (0 the prompt), latent i, draw d
     let (c, others) = err.split_at(b * k);
     Ok((0..b)
