@@ -176,10 +176,12 @@ struct SamplingArgs {
     /// How the model rates its candidates, by its own diffusion-classifier
     /// score at high noise: `dit`, how much the prompt lowers its denoising
     /// error on the clip against the empty caption (scoring costs about 3
-    /// candidates' sampling); `rivals`, the same against the empty caption
-    /// and the captions the clip is most easily taken for, each object with
-    /// another shape or size and each of two objects alone (a Shapes World
-    /// prompt's; 5 or 11 captions in all)
+    /// candidates' sampling: about 2 s a default clip); `rivals`, the same
+    /// against the empty caption and the captions the clip is most easily
+    /// taken for, each object with another shape or size and each of two
+    /// objects alone (5 or 11 captions in all: about 5.6 s a two-object
+    /// clip). A prompt outside the Shapes World grammar, or a rival with a
+    /// word the model does not know, has no rivals to weigh
     #[arg(long, value_name = "dit|rivals", default_value = "dit", value_parser = ["dit", "rivals"])]
     rank_by: String,
     #[command(flatten)]
@@ -1807,12 +1809,12 @@ fn generate(args: GenerateArgs) -> Result<()> {
         if !g.scores.is_empty() {
             let scores: Vec<String> = g.scores.iter().map(|s| format!("{s:.4}")).collect();
             line += &format!(
-                " (kept candidate {} of {}, rated against {}; scores {})",
+                " (kept candidate {} of {}, rated against the empty caption{}; scores {})",
                 g.chosen,
                 g.scores.len(),
-                match options.rivals {
-                    true => "rival captions",
-                    false => "the empty caption",
+                match g.rivals {
+                    0 => String::new(),
+                    r => format!(" and {r} rival captions"),
                 },
                 scores.join(" ")
             );
@@ -2038,11 +2040,12 @@ fn eval(args: EvalArgs) -> Result<()> {
     );
     if args.sampling.candidates > 1 {
         println!(
-            "candidates   {} a prompt, the best by the model's own score against {} kept",
+            "candidates   {} a prompt, the best by the model's own score against the empty caption{} kept",
             args.sampling.candidates,
-            match options.rivals {
-                true => "rival captions",
-                false => "the empty caption",
+            if options.rivals {
+                " and rival captions"
+            } else {
+                ""
             }
         );
     }

@@ -37,10 +37,10 @@ pub struct SampleOptions {
     /// itself judges to show the prompt best is kept ([`prompt_scores`]);
     /// 1 samples one clip and scores nothing.
     pub candidates: usize,
-    /// Weigh each candidate against the captions it is
-    /// most easily taken for ([`Scene::rivals`], for a prompt of the Shapes
-    /// World grammar) besides the empty caption; `false`: the empty caption
-    /// alone. See [`prompt_scores`].
+    /// `true`: weigh each candidate against the captions it is most easily
+    /// taken for ([`Scene::rivals`], for a prompt of the Shapes World
+    /// grammar) besides the empty caption; `false`: against the empty
+    /// caption alone. See [`prompt_scores`].
     pub rivals: bool,
 }
 
@@ -114,6 +114,10 @@ pub struct Generated {
     pub scores: Vec<f64>,
     /// The candidate kept: the best scored (0 for one candidate).
     pub chosen: usize,
+    /// Rival captions the candidates were weighed against besides the
+    /// empty caption (0 without [`SampleOptions::rivals`], for a prompt
+    /// outside the grammar, or for one candidate).
+    pub rivals: usize,
 }
 
 /// Decodes normalised latents `(1, C, T', H', W')` to frames (in the
@@ -266,14 +270,14 @@ pub fn generate_from(
                 predictions.push(p.clone());
             }
         }
-        let (scores, chosen) = if n == 1 {
-            (Vec::new(), 0)
+        let (scores, chosen, rivals) = if n == 1 {
+            (Vec::new(), 0, 0)
         } else {
             let mut against = vec![uncond.narrow(0, 0, 1)?];
             if options.rivals {
                 for rival in rival_captions(prompt) {
-                    // a model whose vocabulary lacks a rival's word cannot
-                    // make that mistake: it is left out
+                    // a rival the model cannot read (a word outside its
+                    // vocabulary) is a mistake it cannot make: left out
                     if let Ok(words) = tok.encode(&rival) {
                         against.push(ids(words)?);
                     }
@@ -282,7 +286,7 @@ pub fn generate_from(
             let c = cond.narrow(0, 0, 1)?;
             let scores = prompt_scores(model, &c, &Tensor::cat(&against, 0)?, &x, options.seed)?;
             let chosen = (0..n).fold(0, |best, i| if scores[i] > scores[best] { i } else { best });
-            (scores, chosen)
+            (scores, chosen, against.len() - 1)
         };
         let x = x.narrow(0, chosen, 1)?;
         let predictions = predictions
@@ -295,6 +299,7 @@ pub fn generate_from(
             predictions,
             scores,
             chosen,
+            rivals,
         })
     })
 }
@@ -360,6 +365,13 @@ pub fn prompt_scores(
     seed: u64,
 ) -> Result<Vec<f64>> {
     let device = x0.device();
+    if cond.dim(0)? != 1 || against.dim(0)? == 0 {
+        crate::invalid!(
+            "prompt_scores weighs one prompt (1, L) against at least one caption, got {:?} against {:?}",
+            cond.dims(),
+            against.dims()
+        );
+    }
     let (b, k) = (x0.dim(0)?, SCORE_DRAWS);
     let one = [&[1][..], &x0.dims()[1..]].concat();
     let times = score_times();
@@ -378,15 +390,17 @@ pub fn prompt_scores(
         .flatten_to(1)?;
     let t = Tensor::from_vec(times.repeat(b), b * k, device)?;
     let (x_t, target) = crate::diffusion::interpolate(&x0, &eps, &t)?;
-    // every caption's rows: the latents at their draws again
     let n = 1 + against.dim(0)?;
     let x_t = x_t.to_dtype(model.dit.dtype())?;
     // the captions encoded once; each caption's rows are the latents at
-    // their draws, and a forward takes whole captions' rows, at most
-    // SCORE_ROWS of them (one batch of every caption's rows at once runs
-    // slower per row on the CPU)
+    // their draws, and on the CPU a forward takes whole captions' rows, at
+    // most SCORE_ROWS of them (one batch of every caption's rows at once
+    // runs slower per row there; a GPU takes them all at once)
     let captions = model.encode(&Tensor::cat(&[cond, against], 0)?)?;
-    let per_forward = (SCORE_ROWS / (b * k)).max(1);
+    let per_forward = match device.is_cpu() {
+        true => (SCORE_ROWS / (b * k)).max(1),
+        false => n,
+    };
     let mut err: Vec<f32> = Vec::with_capacity(n * b * k);
     for first in (0..n).step_by(per_forward) {
         let m = per_forward.min(n - first);

@@ -388,8 +388,8 @@ pub fn seeded_init(varmap: &candle_nn::VarMap, seed: u64) -> Result<()> {
         // constants (zeros of adaLN-Zero and residual outputs, ones of norm
         // gains) were chosen on purpose; only random draws are redone (a
         // single random value, such as the bias of a one-output head, looks
-        // constant too: only zeros and ones count as chosen)
-        if lo == hi && (lo == 0.0 || lo == 1.0) {
+        // constant too: a single value counts as chosen only at 0 or 1)
+        if lo == hi && (flat.elem_count() > 1 || lo == 0.0 || lo == 1.0) {
             continue;
         }
         let dims = t.dims().to_vec();

@@ -546,14 +546,19 @@ fn train_dit_then_generate_end_to_end() {
         text(&o)
     );
     assert!(d.join("k.steps.png").exists());
-    // against rival captions: the same candidates, rated otherwise
+    // against rival captions too: the same candidates, scored otherwise
+    let scores = |out: &str| out.split("scores ").nth(1).map(str::to_string);
+    let empty_only = scores(&text(&o)).unwrap();
     picked.extend(["--rank-by", "rivals"]);
     let o = minisora(&picked, d);
     assert!(
-        o.status.success() && text(&o).contains(" of 3, rated against rival captions; scores "),
+        o.status.success()
+            && text(&o)
+                .contains(" of 3, rated against the empty caption and 4 rival captions; scores "),
         "{}",
         text(&o)
     );
+    assert_ne!(scores(&text(&o)).unwrap(), empty_only);
     // fine-tuning the trained model: one more step from its weights, with
     // its own autoencoder when no --vae is given
     let tune = [

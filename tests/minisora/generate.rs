@@ -9,7 +9,8 @@ use minisora::data::shapes_world::Canvas;
 use minisora::dit::DitConfig;
 use minisora::patch::PatchSize;
 use minisora::pipeline::{
-    candidate_seed, encode, generate, generate_from, prompt_scores, Init, SampleOptions,
+    candidate_seed, encode, generate, generate_from, prompt_scores, rival_captions, Init,
+    SampleOptions,
 };
 use minisora::text::TextConfig;
 use minisora::train::dit::{self, DitJob};
@@ -376,14 +377,41 @@ fn the_model_scores_a_captions_own_clip_highest_and_keeps_the_best_candidate() {
         let rivals = prompt_scores(&model, &cond, &against, &x0, 3).unwrap();
         assert!(rivals[i] > rivals[1 - i], "{rivals:?}");
     }
+    // several forwards (2 latents x 16 draws: 4 captions a forward) give
+    // the mean of what each caption gives alone
+    let cond = ids(tok.encode(&captions[0]).unwrap());
+    let other = ids(tok.encode(&captions[1]).unwrap());
+    let alone = |c: &Tensor| prompt_scores(&model, &cond, c, &x0, 3).unwrap();
+    let (u, o) = (alone(&uncond), alone(&other));
+    let five = Tensor::cat(&[&uncond, &other, &uncond, &other, &other], 0).unwrap();
+    let mixed = prompt_scores(&model, &cond, &five, &x0, 3).unwrap();
+    for i in 0..2 {
+        let expected = (2.0 * u[i] + 3.0 * o[i]) / 5.0;
+        assert!((mixed[i] - expected).abs() < 1e-5, "{mixed:?} {u:?} {o:?}");
+    }
+    let none = Tensor::zeros((0, tok.max_len), candle_core::DType::U32, &Device::Cpu).unwrap();
+    let err = prompt_scores(&model, &cond, &none, &x0, 3)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("at least one caption"), "{err}");
+    // generating with rivals: those the model can read are weighed
     let rivalled = SampleOptions {
         rivals: true,
         ..options.clone()
     };
     let r = generate(&model, &meta, &vae, &captions[0], &rivalled, &Device::Cpu).unwrap();
+    let readable = rival_captions(&captions[0])
+        .iter()
+        .filter(|c| tok.encode(c).is_ok())
+        .count();
+    assert_eq!((r.rivals, g.rivals), (readable, 0));
     assert_eq!(r.scores.len(), 3);
     let best = (0..3).fold(0, |b, i| if r.scores[i] > r.scores[b] { i } else { b });
     assert_eq!(r.chosen, best);
+    if readable > 0 {
+        assert_ne!(r.scores, g.scores);
+    }
     // candidate 0 is the plain sampler's clip
     assert_eq!(candidate_seed(options.seed, 0), options.seed);
     let none = SampleOptions {

@@ -209,9 +209,7 @@ impl Scene {
         }
         Scene { objects }
     }
-}
 
-impl Scene {
     /// The scenes whose captions a clip of this one is most easily taken
     /// for, each one mistake away: every object with each other shape, with
     /// each other size option (small, large or none named), and for two
