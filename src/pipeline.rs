@@ -226,11 +226,15 @@ pub fn generate_from(
         let tok = &meta.tokenizer;
         let ids = |v: Vec<u32>| Tensor::from_vec(v, (1, tok.max_len), device);
         let (cond, uncond) = (ids(tok.encode(prompt)?)?, ids(tok.null())?);
-        let (cond, uncond) = (cond.repeat((n, 1))?, uncond.repeat((n, 1))?);
+        // the prompt n times, then the empty caption n times, encoded once
+        let both = model.encode(&Tensor::cat(
+            &[cond.repeat((n, 1))?, uncond.repeat((n, 1))?],
+            0,
+        )?)?;
         let guided = Guided {
             model,
-            cond: model.encode(&cond)?,
-            both: model.encode(&Tensor::cat(&[&cond, &uncond], 0)?)?,
+            cond: both.narrow(0, n)?,
+            both,
             cfg: options.cfg,
             cfg_interval: options.cfg_interval,
             last_prediction: RefCell::new(None),
@@ -273,7 +277,7 @@ pub fn generate_from(
         let (scores, chosen, rivals) = if n == 1 {
             (Vec::new(), 0, 0)
         } else {
-            let mut against = vec![uncond.narrow(0, 0, 1)?];
+            let mut against = vec![uncond.clone()];
             if options.rivals {
                 for rival in rival_captions(prompt) {
                     // a rival the model cannot read (a word outside its
@@ -283,8 +287,7 @@ pub fn generate_from(
                     }
                 }
             }
-            let c = cond.narrow(0, 0, 1)?;
-            let scores = prompt_scores(model, &c, &Tensor::cat(&against, 0)?, &x, options.seed)?;
+            let scores = prompt_scores(model, &cond, &Tensor::cat(&against, 0)?, &x, options.seed)?;
             let chosen = (0..n).fold(0, |best, i| if scores[i] > scores[best] { i } else { best });
             (scores, chosen, against.len() - 1)
         };
@@ -401,9 +404,14 @@ pub fn prompt_scores(
         true => (SCORE_ROWS / (b * k)).max(1),
         false => n,
     };
+    // the latents, times and targets of a whole forward, made once (a
+    // shorter last forward takes their first rows)
+    let whole = |x: &Tensor| Tensor::cat(&vec![x; per_forward.min(n)], 0);
+    let (x_all, t_all, target_all) = (whole(&x_t)?, whole(&t)?, whole(&target)?);
     let mut err: Vec<f32> = Vec::with_capacity(n * b * k);
     for first in (0..n).step_by(per_forward) {
         let m = per_forward.min(n - first);
+        let part = |x: &Tensor| x.narrow(0, 0, m * b * k);
         let rows = |x: &Tensor| -> Result<Tensor> {
             let each = |i: usize| -> Result<Tensor> {
                 let r = x.narrow(0, i, 1)?;
@@ -420,15 +428,10 @@ pub fn prompt_scores(
             keep: rows(&captions.keep)?,
         };
         let v = model
-            .velocity_for(
-                &group,
-                &Tensor::cat(&vec![&x_t; m], 0)?,
-                None,
-                &Tensor::cat(&vec![&t; m], 0)?,
-            )?
+            .velocity_for(&group, &part(&x_all)?, None, &part(&t_all)?)?
             .to_dtype(DType::F32)?;
         err.extend(
-            (v - Tensor::cat(&vec![&target; m], 0)?)?
+            (v - part(&target_all)?)?
                 .sqr()?
                 .flatten_from(1)?
                 .mean(1)?

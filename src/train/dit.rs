@@ -73,6 +73,17 @@ pub struct Caption {
     pub keep: Tensor,
 }
 
+impl Caption {
+    /// Captions `start..start + len` of these.
+    pub fn narrow(&self, start: usize, len: usize) -> Result<Caption> {
+        Ok(Caption {
+            context: self.context.narrow(0, start, len)?,
+            pooled: self.pooled.narrow(0, start, len)?,
+            keep: self.keep.narrow(0, start, len)?,
+        })
+    }
+}
+
 /// The text encoder and DiT with their variables.
 pub struct TextToVideo {
     pub text: TextEncoder,
