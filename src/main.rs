@@ -294,10 +294,12 @@ enum TrainCommand {
         another word is an error that names it."
     )]
     Dit(TrainDitArgs),
-    /// Train the whole default text-to-video model: the autoencoder, then the text encoder and DiT
+    /// Train the whole default text-to-video model: the autoencoder, then the text encoder and
+    /// DiT, then a short fine-tune of both with the rival-caption contrast
     #[command(
-        after_help = "OUT/vae/ and OUT/dit/ are the two stages' run folders (checkpoint/ and log.csv each); \
-        the finished model is OUT/dit/checkpoint/, ready for `minisora generate --checkpoint`. \
+        after_help = "OUT/vae/, OUT/dit/ and OUT/contrast/ are the three stages' run folders \
+        (checkpoint/ and log.csv each); the finished model is OUT/contrast/checkpoint/ \
+        (OUT/dit/checkpoint/ with --contrast-steps 0), ready for `minisora generate --checkpoint`. \
         Interrupted? Run the same command with --resume: the unfinished stage continues exactly \
         where its checkpoint stopped, a finished one is skipped.\n\n\
         The defaults train the shipped model (samples/model):\n  minisora train model --out runs/model"
@@ -534,6 +536,21 @@ struct TrainModelArgs {
     /// 0.65, the shipped model's]
     #[arg(long, value_name = "SHARE")]
     dit_two_objects: Option<f64>,
+    /// Steps of the last stage, which fine-tunes the DiT stage's model with
+    /// the rival-caption ranking term (see train dit --contrast) from a
+    /// fresh optimiser: warm-up 50 steps, cosine to 10%, weight average
+    /// 0.995. 0 leaves it out: the DiT stage's model is then the finished one
+    #[arg(long, default_value_t = CONTRAST_STEPS)]
+    contrast_steps: u64,
+    /// The last stage's peak learning rate
+    #[arg(long, default_value_t = CONTRAST_LR)]
+    contrast_lr: f64,
+    /// The last stage's ranking-term weight (see train dit --contrast)
+    #[arg(long, default_value_t = CONTRAST_WEIGHT)]
+    contrast: f64,
+    /// The last stage's ranking-term margin (see train dit --contrast-margin)
+    #[arg(long, default_value_t = CONTRAST_MARGIN, value_name = "MARGIN")]
+    contrast_margin: f64,
     /// Channels of the latent (the autoencoder's output and the DiT's
     /// input), instead of the preset's (default: 8, where the standalone
     /// `train vae` makes 16)
@@ -643,6 +660,18 @@ struct TrainDitArgs {
     /// a mixture also trains the middle times, where shapes are settled
     #[arg(long, default_value_t = DIT_TIME_MIX)]
     time_mix: f64,
+    /// Weight of a ranking term that teaches the model to tell each clip's
+    /// caption from a rival one (an object with another shape or size, or
+    /// one of two objects alone; Shapes World captions only): the mean of
+    /// relu(MARGIN - (err_rival - err_caption)) over the clips, each error
+    /// the clip's mean squared velocity error. A second forward and
+    /// backward of every clip, so about half the clips a second [default:
+    /// 0, none]
+    #[arg(long, default_value_t = 0.0)]
+    contrast: f64,
+    /// The ranking term's margin, in mean squared velocity error
+    #[arg(long, default_value_t = CONTRAST_MARGIN, value_name = "MARGIN")]
+    contrast_margin: f64,
     /// Decay of the weights' moving average used for sampling
     #[arg(long, default_value_t = 0.999)]
     ema: f64,
@@ -1038,12 +1067,23 @@ const DIT_TIME_SHIFT: f64 = 3.0;
 /// Share of the DiT's training times drawn without the shift.
 const DIT_TIME_MIX: f64 = 0.0;
 /// The shipped model's training lengths: chosen so that `train model` fits
-/// in 90 minutes on the 2-core machine, the autoencoder's stage in 30.
+/// in 90 minutes on the 2-core machine, the autoencoder's stage in 30. The
+/// DiT stage was 11800 steps until the rival-contrast stage
+/// ([`CONTRAST_STEPS`]) came after it: 1500 steps shorter pays for that
+/// stage's time (samples/model/card.md).
 const VAE_STEPS: u64 = 8400;
-const DIT_STEPS: u64 = 11800;
+const DIT_STEPS: u64 = 10300;
 /// Share of two-object captions in the DiT's Shapes World clips: the shipped
 /// model's, where the grammar's own draw is one half (samples/model/card.md).
 const DIT_TWO_OBJECTS: f64 = 0.65;
+/// `train model`'s last stage, the rival-contrast fine-tune, as the shipped
+/// model was tuned (samples/model/card.md, "Rival contrast").
+const CONTRAST_STEPS: u64 = 1500;
+const CONTRAST_LR: f64 = 2e-4;
+const CONTRAST_WARMUP: u64 = 50;
+const CONTRAST_EMA: f64 = 0.995;
+const CONTRAST_WEIGHT: f64 = 1.0;
+const CONTRAST_MARGIN: f64 = 0.1;
 
 /// The caption encoder of a DiT: [`minisora::text::TextConfig::for_dit`]'s,
 /// with `depth` blocks if given.
@@ -1210,6 +1250,8 @@ fn train_dit(args: TrainDitArgs) -> Result<()> {
         cfg_dropout: args.cfg_dropout,
         time_shift: args.time_shift,
         time_mix: args.time_mix,
+        contrast: args.contrast,
+        contrast_margin: args.contrast_margin,
         init: args.init.as_deref(),
     };
     let session = Session {
@@ -1587,7 +1629,7 @@ fn bench_step(args: BenchStepArgs) -> Result<()> {
 }
 
 fn train_model(args: TrainModelArgs) -> Result<()> {
-    use minisora::train::model::{self, ModelPlan, Stage};
+    use minisora::train::model::{self, ContrastStage, ModelPlan, Stage};
     use minisora::train::{RunConfig, Session};
     let preset = minisora::preset::preset(&args.preset)?;
     let mut vae = match preset.name {
@@ -1614,6 +1656,7 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
         two_objects: None,
     };
     let resumed = resumed_dit(args.resume, &model::stage_dir(&args.out, Stage::Dit));
+    let two_objects = two_objects_for(args.dit_two_objects, resumed.as_ref(), "shapes");
     let plan = ModelPlan {
         vae,
         vae_run: run(
@@ -1656,7 +1699,7 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
             ..preset.dit.clone()
         },
         dit_run: RunConfig {
-            two_objects: two_objects_for(args.dit_two_objects, resumed.as_ref(), "shapes"),
+            two_objects,
             ..run(
                 args.dit_steps,
                 args.dit_batch,
@@ -1670,6 +1713,22 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
         cfg_dropout: 0.1,
         time_shift: DIT_TIME_SHIFT,
         time_mix: DIT_TIME_MIX,
+        contrast: (args.contrast_steps > 0).then(|| ContrastStage {
+            run: RunConfig {
+                two_objects,
+                ..run(
+                    args.contrast_steps,
+                    args.dit_batch,
+                    args.contrast_lr,
+                    CONTRAST_WARMUP,
+                    250,
+                    0.1,
+                    CONTRAST_EMA,
+                )
+            },
+            weight: args.contrast,
+            margin: args.contrast_margin,
+        }),
     };
     let session = Session {
         resume: args.resume,
@@ -1677,17 +1736,16 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
         command: command_line().join(" "),
     };
     let bar = std::cell::RefCell::new(progress_bar(1, 0)?);
-    let totals = (args.vae_steps, args.dit_steps);
     let outcome = model::train(
         &args.out,
         &plan,
         &session,
         &Device::Cpu,
         |stage, from| {
-            let total = if stage == Stage::Vae {
-                totals.0
-            } else {
-                totals.1
+            let total = match stage {
+                Stage::Vae => args.vae_steps,
+                Stage::Dit => args.dit_steps,
+                Stage::Contrast => args.contrast_steps,
             };
             bar.borrow().finish_and_clear();
             println!("{}: step {from} of {total}", stage.name());
@@ -1706,10 +1764,11 @@ fn train_model(args: TrainModelArgs) -> Result<()> {
     )?;
     bar.borrow().finish();
     println!(
-        "model: {} (autoencoder {:.0} s, text encoder + DiT {:.0} s this run)",
+        "model: {} (autoencoder {:.0} s, text encoder + DiT {:.0} s, rival contrast {:.0} s this run)",
         outcome.checkpoint.display(),
         outcome.vae_seconds,
-        outcome.dit_seconds
+        outcome.dit_seconds,
+        outcome.contrast_seconds
     );
     Ok(())
 }
@@ -1851,7 +1910,7 @@ fn load_model(
     let dir = checkpoint.clone().unwrap_or_else(|| shipped("model"));
     if checkpoint.is_none() && !dir.exists() {
         bail!(
-            "no model at {}: this checkout has no samples/model; train one with `minisora train model --out runs/model` and pass --checkpoint runs/model/dit/checkpoint",
+            "no model at {}: this checkout has no samples/model; train one with `minisora train model --out runs/model` and pass --checkpoint runs/model/contrast/checkpoint",
             dir.display()
         );
     }

@@ -54,6 +54,13 @@ pub struct DitMeta {
     /// ([`crate::diffusion::logit_normal_mixed`]); 0 for models from before it.
     #[serde(default)]
     pub time_mix: f64,
+    /// Weight of the rival-caption ranking term ([`DitJob::contrast`]); 0
+    /// (none) for models from before it.
+    #[serde(default)]
+    pub contrast: f64,
+    /// Its margin, in mean squared velocity error ([`DitJob::contrast_margin`]).
+    #[serde(default)]
+    pub contrast_margin: f64,
     /// The model this one was fine-tuned from ([`DitJob::init`]), as given;
     /// `None` for a model trained from random weights.
     #[serde(default)]
@@ -61,6 +68,15 @@ pub struct DitMeta {
     pub command: String,
     pub minisora_version: String,
 }
+
+/// The rival-caption ranking term ([`DitJob::contrast`]) applies to
+/// training times from here to 1 only: the high noise where an object's
+/// shape, size and presence are decided, and where candidates are scored
+/// ([`crate::pipeline::score_times`]). Near the data the noisy latent shows
+/// the clip whatever the caption says, so the best prediction under a rival
+/// caption is nearly the caption's own, and a margin there would teach the
+/// model to ignore what it sees.
+pub const CONTRAST_FROM: f32 = 0.5;
 
 fn unshifted() -> f64 {
     1.0
@@ -246,6 +262,19 @@ pub struct DitJob<'a> {
     pub time_shift: f64,
     /// Share of the training times drawn unshifted (0: all shifted).
     pub time_mix: f64,
+    /// Weight of a ranking term that teaches the model to tell a clip's
+    /// caption from the captions it is most easily taken for (0: none).
+    /// For each clip whose caption is of the Shapes World grammar and not
+    /// dropped, and whose training time is at least [`CONTRAST_FROM`], one
+    /// rival caption ([`crate::pipeline::rival_captions`]: an object with
+    /// another shape or size, or one of two objects alone) is drawn, and
+    /// the model predicts the same noisy latent under it too;
+    /// the term is `relu(margin - (err_rival - err_caption))`, each error
+    /// the clip's mean squared velocity error, averaged over the batch. It
+    /// costs a second forward and backward of every clip.
+    pub contrast: f64,
+    /// The margin of that term, in mean squared velocity error.
+    pub contrast_margin: f64,
     /// Fine-tune this text-to-video checkpoint instead of starting from
     /// random weights: its architecture, vocabulary and autoencoder must be
     /// the job's, its weights (the moving average) start both the trained
@@ -353,6 +382,14 @@ pub fn train(
             job.time_mix
         );
     }
+    for (what, v) in [
+        ("--contrast", job.contrast),
+        ("--contrast-margin", job.contrast_margin),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            invalid!("{what} must be a number of at least 0, got {v}");
+        }
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let ckpt_dir = out.join("checkpoint");
     checkpoint::recover(&ckpt_dir)?;
@@ -412,6 +449,10 @@ pub fn train(
             [
                 (meta.time_shift != job.time_shift, "the time shift"),
                 (meta.time_mix != job.time_mix, "the time mix"),
+                (
+                    meta.contrast != job.contrast || meta.contrast_margin != job.contrast_margin,
+                    "the rival-caption contrast",
+                ),
                 (meta.init != init_name, "the initial model"),
             ]
             .into_iter()
@@ -455,9 +496,15 @@ pub fn train(
         update_ema(&mut ema, &model.varmap, 0.0)?;
         0
     };
+    let contrast = job.contrast > 0.0;
     let mut log = CsvLog::open(
         &out.join("log.csv"),
-        "step,lr,loss,clips_per_s",
+        if contrast {
+            // the ranking term, and the mean of err_rival - err_caption
+            "step,lr,loss,clips_per_s,rank,rival_gap"
+        } else {
+            "step,lr,loss,clips_per_s"
+        },
         session.resume.then_some(start),
     )?;
     let meta = |step: u64| DitMeta {
@@ -471,6 +518,8 @@ pub fn train(
         cfg_dropout: job.cfg_dropout,
         time_shift: job.time_shift,
         time_mix: job.time_mix,
+        contrast: job.contrast,
+        contrast_margin: job.contrast_margin,
         init: init_name.clone(),
         command: session.command.clone(),
         minisora_version: env!("CARGO_PKG_VERSION").into(),
@@ -547,15 +596,56 @@ pub fn train(
             } else {
                 None
             };
-            let loss = (model.velocity_for(&caption, &x_t, estimate.as_ref(), &t)? - target)?
-                .sqr()?
-                .mean_all()?;
+            let v = model.velocity_for(&caption, &x_t, estimate.as_ref(), &t)?;
+            let loss = (&v - &target)?.sqr()?.mean_all()?;
+            if !contrast {
+                return Ok(ShardLoss {
+                    loss,
+                    figures: vec![],
+                });
+            }
+            // each clip also under one rival caption; a clip without one (its
+            // caption dropped or not of the grammar, or its time under
+            // CONTRAST_FROM) reads its own caption there and is masked out
+            let times = t.to_vec1::<f32>()?;
+            let mut rival_ids = Vec::with_capacity(len * tokenizer.max_len);
+            let mut mask = Vec::with_capacity(len);
+            for (j, caption) in captions.iter().enumerate() {
+                let id = step * run.batch as u64 + (first + j) as u64;
+                let rivals = if dropped[first + j] || times[j] < CONTRAST_FROM {
+                    Vec::new()
+                } else {
+                    crate::pipeline::rival_captions(caption)
+                };
+                let pick = (!rivals.is_empty())
+                    .then(|| &rivals[Rng::derive(run.seed ^ 0xc0ffee, id).below(rivals.len())]);
+                let words = match pick.map(|r| tokenizer.encode(r)) {
+                    Some(Ok(words)) => Some(words),
+                    _ => None,
+                };
+                mask.push(if words.is_some() { 1f32 } else { 0.0 });
+                rival_ids.extend(match words {
+                    Some(words) => words,
+                    None => ids.narrow(0, j, 1)?.flatten_all()?.to_vec1::<u32>()?,
+                });
+            }
+            let rival_ids = Tensor::from_vec(rival_ids, (len, tokenizer.max_len), device)?;
+            let rival = model.encode(&rival_ids)?;
+            let v_rival = model.velocity_for(&rival, &x_t, estimate.as_ref(), &t)?;
+            let per_clip = |v: &Tensor| (v - &target)?.sqr()?.flatten_from(1)?.mean(1);
+            let gap = (per_clip(&v_rival)? - per_clip(&v)?)?;
+            let mask = Tensor::from_vec(mask, len, device)?;
+            let rank = (gap.affine(-1.0, job.contrast_margin)?.relu()? * &mask)?.mean_all()?;
+            let used = mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64;
+            let gap_mean = (gap.detach() * &mask)?.sum_all()?.to_scalar::<f32>()? as f64 / used;
+            let rank_v = rank.to_scalar::<f32>()? as f64;
             Ok(ShardLoss {
-                loss,
-                figures: vec![],
+                loss: (loss + (rank * job.contrast)?)?,
+                figures: vec![rank_v, gap_mean],
             })
         })?;
         let loss_v = out.loss;
+        let figures: String = out.figures.iter().map(|f| format!(",{f:.6}")).collect();
         if !loss_v.is_finite() {
             invalid!("the loss became {loss_v} at step {}: stopping; the last checkpoint ({}) is kept. Try a lower --lr.", step + 1, ckpt_dir.display());
         }
@@ -563,7 +653,10 @@ pub fn train(
         opt.step(&out.grads, lr)?;
         update_ema(&mut ema, &model.varmap, run.ema_decay)?;
         let cps = run.batch as f64 / t0.elapsed().as_secs_f64();
-        log.append(&format!("{},{lr:.6e},{loss_v:.6},{cps:.2}", step + 1))?;
+        log.append(&format!(
+            "{},{lr:.6e},{loss_v:.6},{cps:.2}{figures}",
+            step + 1
+        ))?;
         on_step(&StepReport {
             step: step + 1,
             total: run.steps,

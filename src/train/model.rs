@@ -1,11 +1,14 @@
 //! One run for a whole text-to-video model: the compression network first,
-//! then the text encoder and DiT on its latents.
+//! then the text encoder and DiT on its latents, then (unless left out) a
+//! short fine-tune of both with the rival-caption ranking term
+//! ([`DitJob::contrast`]).
 //!
-//! The run folder holds both stages' run folders, `vae/` and `dit/`, each
-//! as [`super::vae::train`] and [`super::dit::train`] lay them out; the
-//! finished model is `dit/checkpoint/` (it carries a copy of the
-//! autoencoder). A resumed run continues whichever stage was interrupted and
-//! skips a stage that has finished.
+//! The run folder holds the stages' run folders, `vae/`, `dit/` and
+//! `contrast/`, the first as [`super::vae::train`] lays it out and the
+//! others as [`super::dit::train`] does; the finished model is
+//! `contrast/checkpoint/`, or `dit/checkpoint/` without that stage (each
+//! carries a copy of the autoencoder). A resumed run continues whichever
+//! stage was interrupted and skips a stage that has finished.
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +32,20 @@ pub struct ModelPlan {
     pub cfg_dropout: f64,
     pub time_shift: f64,
     pub time_mix: f64,
+    /// The rival-contrast fine-tune; `None` leaves the DiT stage's model
+    /// as the finished one.
+    pub contrast: Option<ContrastStage>,
+}
+
+/// The last stage: the DiT stage's model fine-tuned with the rival-caption
+/// ranking term (a fresh optimiser and schedule, the DiT stage's data).
+#[derive(Clone, Debug)]
+pub struct ContrastStage {
+    pub run: RunConfig,
+    /// [`DitJob::contrast`]
+    pub weight: f64,
+    /// [`DitJob::contrast_margin`]
+    pub margin: f64,
 }
 
 /// The stage a progress report belongs to.
@@ -36,6 +53,7 @@ pub struct ModelPlan {
 pub enum Stage {
     Vae,
     Dit,
+    Contrast,
 }
 
 impl Stage {
@@ -43,6 +61,7 @@ impl Stage {
         match self {
             Stage::Vae => "autoencoder",
             Stage::Dit => "text encoder + DiT",
+            Stage::Contrast => "rival contrast",
         }
     }
 }
@@ -50,11 +69,13 @@ impl Stage {
 /// How a whole-model run ended.
 #[derive(Clone, Debug)]
 pub struct ModelOutcome {
-    /// The finished model: `OUT/dit/checkpoint`.
+    /// The finished model: `OUT/contrast/checkpoint`, or
+    /// `OUT/dit/checkpoint` without that stage.
     pub checkpoint: PathBuf,
     /// Seconds each stage ran in this invocation (0 for a skipped stage).
     pub vae_seconds: f64,
     pub dit_seconds: f64,
+    pub contrast_seconds: f64,
 }
 
 /// Where stage `stage` of the run in `out` lives.
@@ -62,6 +83,7 @@ pub fn stage_dir(out: &Path, stage: Stage) -> PathBuf {
     out.join(match stage {
         Stage::Vae => "vae",
         Stage::Dit => "dit",
+        Stage::Contrast => "contrast",
     })
 }
 
@@ -86,6 +108,9 @@ pub fn train(
     plan.vae_run.validate()?;
     plan.dit_run.validate()?;
     plan.dit.validate()?;
+    if let Some(stage) = &plan.contrast {
+        stage.run.validate()?;
+    }
     let (vae_dir, dit_dir) = (stage_dir(out, Stage::Vae), stage_dir(out, Stage::Dit));
     if !session.resume && (vae_dir.exists() || dit_dir.exists()) {
         invalid!(
@@ -125,14 +150,41 @@ pub fn train(
         cfg_dropout: plan.cfg_dropout,
         time_shift: plan.time_shift,
         time_mix: plan.time_mix,
+        contrast: 0.0,
+        contrast_margin: 0.0,
         init: None,
     };
     let dit_out = dit::train(&dit_dir, &job, &stage_session(&dit_dir), device, |r| {
         on_step(Stage::Dit, r)
     })?;
+    let Some(stage) = &plan.contrast else {
+        return Ok(ModelOutcome {
+            checkpoint: dit_out.checkpoint,
+            vae_seconds: vae_out.seconds,
+            dit_seconds: dit_out.seconds,
+            contrast_seconds: 0.0,
+        });
+    };
+    let contrast_dir = stage_dir(out, Stage::Contrast);
+    on_start(Stage::Contrast, started_at(&contrast_dir));
+    let tune = DitJob {
+        run: stage.run.clone(),
+        contrast: stage.weight,
+        contrast_margin: stage.margin,
+        init: Some(&dit_out.checkpoint),
+        ..job
+    };
+    let tuned = dit::train(
+        &contrast_dir,
+        &tune,
+        &stage_session(&contrast_dir),
+        device,
+        |r| on_step(Stage::Contrast, r),
+    )?;
     Ok(ModelOutcome {
-        checkpoint: dit_out.checkpoint,
+        checkpoint: tuned.checkpoint,
         vae_seconds: vae_out.seconds,
         dit_seconds: dit_out.seconds,
+        contrast_seconds: tuned.seconds,
     })
 }

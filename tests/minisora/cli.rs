@@ -1004,6 +1004,8 @@ fn train_model_trains_both_stages_and_resumes_by_skipping_finished_ones() {
         "3",
         "--dit-rope-pairs",
         "2,2,4",
+        "--contrast-steps",
+        "2",
         "--out",
         "m",
     ];
@@ -1031,6 +1033,17 @@ fn train_model_trains_both_stages_and_resumes_by_skipping_finished_ones() {
     );
     assert!(d.join("m/vae/checkpoint/model.safetensors").exists());
     assert!(d.join("m/dit/checkpoint/vae/model.safetensors").exists());
+    // the last stage fine-tunes the DiT stage's model with the rival
+    // contrast, on the same data, and is the finished model
+    assert!(out.contains("rival contrast: step 0 of 2"), "{out}");
+    assert!(out.contains("model: m/contrast/checkpoint"), "{out}");
+    let tuned = config("contrast");
+    assert_eq!(tuned["contrast"], 1.0);
+    assert_eq!(tuned["contrast_margin"], 0.1);
+    assert_eq!(tuned["run"]["two_objects"], 1.0);
+    assert_eq!(tuned["run"]["ema_decay"], 0.995);
+    assert_eq!(tuned["init"], "m/dit/checkpoint");
+    assert_eq!(config("dit")["contrast"], 0.0);
     // again without --resume: refused; with it: both stages are done already
     let o = minisora(&train, d);
     assert!(
@@ -1059,7 +1072,8 @@ fn train_model_trains_both_stages_and_resumes_by_skipping_finished_ones() {
     assert!(
         o.status.success()
             && out.contains("autoencoder: step 2 of 2")
-            && out.contains("DiT: step 2 of 2"),
+            && out.contains("DiT: step 2 of 2")
+            && out.contains("rival contrast: step 2 of 2"),
         "{out}"
     );
     // the finished model generates
@@ -1068,7 +1082,7 @@ fn train_model_trains_both_stages_and_resumes_by_skipping_finished_ones() {
             "generate",
             "a red circle growing",
             "--checkpoint",
-            "m/dit/checkpoint",
+            "m/contrast/checkpoint",
             "--steps",
             "2",
             "--frames",

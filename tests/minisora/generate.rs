@@ -96,6 +96,8 @@ fn job<'a>(vae_dir: &'a Path, run: RunConfig) -> DitJob<'a> {
         cfg_dropout: 0.1,
         time_shift: 1.0,
         time_mix: 0.0,
+        contrast: 0.0,
+        contrast_margin: 0.0,
         init: None,
     }
 }
@@ -424,6 +426,88 @@ fn the_model_scores_a_captions_own_clip_highest_and_keeps_the_best_candidate() {
         .unwrap()
         .to_string();
     assert!(err.contains("--candidates"), "{err}");
+}
+
+#[test]
+fn the_rival_contrast_widens_the_models_margin_over_rival_captions() {
+    let root = tempfile::tempdir().unwrap();
+    let (data, vae_dir) = setup(root.path());
+    let contrasted = |contrast: f64| DitJob {
+        contrast,
+        contrast_margin: 10.0,
+        ..job(&vae_dir, run(12, &data, 2, 1e-3))
+    };
+    let train = |name: &str, contrast: f64| {
+        let out = root.path().join(name);
+        dit::train(
+            &out,
+            &contrasted(contrast),
+            &session(false, None),
+            &Device::Cpu,
+            |_| (),
+        )
+        .unwrap();
+        out
+    };
+    let (plain, ranked) = (train("plain", 0.0), train("ranked", 5.0));
+    // the log gains the ranking term and the mean gap, one value a step
+    let log = std::fs::read_to_string(ranked.join("log.csv")).unwrap();
+    let mut lines = log.lines();
+    assert_eq!(
+        lines.next(),
+        Some("step,lr,loss,clips_per_s,rank,rival_gap")
+    );
+    let rows: Vec<Vec<f64>> = lines
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 12);
+    assert!(rows
+        .iter()
+        .all(|r| r.len() == 6 && r[4] >= 0.0 && r[5].is_finite()));
+    let plain_log = std::fs::read_to_string(plain.join("log.csv")).unwrap();
+    assert!(plain_log.starts_with("step,lr,loss,clips_per_s\n"));
+    // what the term trains: the clip's rival captions predict it worse, by
+    // more than without the term (the diffusion-classifier score against them)
+    let caption = std::fs::read_to_string(data.join("clip_000000.txt")).unwrap();
+    let frames = minisora::video::read(&data.join("clip_000000.gif"), &Default::default()).unwrap();
+    let gap = |dir: &Path| {
+        let (meta, model, vae) = dit::load(&dir.join("checkpoint"), &Device::Cpu).unwrap();
+        let tok = &meta.tokenizer;
+        let ids = |v: Vec<u32>| Tensor::from_vec(v, (1, tok.max_len), &Device::Cpu).unwrap();
+        let rivals: Vec<Tensor> = rival_captions(caption.trim())
+            .iter()
+            .filter_map(|r| tok.encode(r).ok().map(ids))
+            .collect();
+        assert!(
+            !rivals.is_empty(),
+            "no rival of \"{caption}\" is in the vocabulary"
+        );
+        let x0 = encode(&vae, &frames, &Device::Cpu).unwrap();
+        let cond = ids(tok.encode(caption.trim()).unwrap());
+        let against = Tensor::cat(&rivals, 0).unwrap();
+        (
+            prompt_scores(&model, &cond, &against, &x0, 3).unwrap()[0],
+            meta.contrast,
+        )
+    };
+    let ((without, w0), (with, w5)) = (gap(&plain), gap(&ranked));
+    assert_eq!((w0, w5), (0.0, 5.0));
+    assert!(
+        with > without + 0.01,
+        "the rivals' margin {with} with the term, {without} without"
+    );
+    // the term is part of the run: resuming with another weight is refused
+    let refused = dit::train(
+        &ranked,
+        &contrasted(1.0),
+        &session(true, None),
+        &Device::Cpu,
+        |_| (),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(refused.contains("the rival-caption contrast"), "{refused}");
 }
 
 #[test]
