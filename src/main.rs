@@ -636,7 +636,7 @@ struct TrainDitArgs {
     /// Training clips: "shapes" (rendered on the fly) or a clip folder
     #[arg(long, default_value = "shapes")]
     data: String,
-    /// Optimizer steps in all (the shipped model's DiT stage)
+    /// Optimizer steps in all (`train model`'s DiT stage, before its rival-contrast stage)
     #[arg(long, default_value_t = DIT_STEPS)]
     steps: u64,
     /// Clips per step
@@ -665,8 +665,8 @@ struct TrainDitArgs {
     /// one of two objects alone; Shapes World captions only): the mean of
     /// relu(MARGIN - (err_rival - err_caption)) over the clips, each error
     /// the clip's mean squared velocity error. A second forward and
-    /// backward of every clip, so about half the clips a second [default:
-    /// 0, none]
+    /// backward of every clip, so about half the clips a second; 0 is
+    /// none. A clip folder with no caption of the grammar is refused
     #[arg(long, default_value_t = 0.0)]
     contrast: f64,
     /// The ranking term's margin, in mean squared velocity error
@@ -1069,8 +1069,8 @@ const DIT_TIME_MIX: f64 = 0.0;
 /// The shipped model's training lengths: chosen so that `train model` fits
 /// in 90 minutes on the 2-core machine, the autoencoder's stage in 30. The
 /// DiT stage was 11800 steps until the rival-contrast stage
-/// ([`CONTRAST_STEPS`]) came after it: 1500 steps shorter pays for that
-/// stage's time (samples/model/card.md).
+/// ([`CONTRAST_STEPS`]) came after it; 1500 steps fewer make room for
+/// most of that stage's time (samples/model/card.md).
 const VAE_STEPS: u64 = 8400;
 const DIT_STEPS: u64 = 10300;
 /// Share of two-object captions in the DiT's Shapes World clips: the shipped

@@ -358,6 +358,17 @@ fn init_meta(init: &Path, job: &DitJob) -> Result<DitMeta> {
     Ok(meta)
 }
 
+/// Refuses a rival-contrast weight or margin that is not a number of at
+/// least 0 ([`DitJob::contrast`]).
+pub fn validate_contrast(weight: f64, margin: f64) -> Result<()> {
+    for (what, v) in [("--contrast", weight), ("--contrast-margin", margin)] {
+        if !(v.is_finite() && v >= 0.0) {
+            invalid!("{what} must be a number of at least 0, got {v}");
+        }
+    }
+    Ok(())
+}
+
 /// Trains (or resumes) text encoder and DiT in `out` (`out/checkpoint/`,
 /// `out/log.csv`), as [`super::vae::train`] does for the autoencoder.
 pub fn train(
@@ -382,14 +393,7 @@ pub fn train(
             job.time_mix
         );
     }
-    for (what, v) in [
-        ("--contrast", job.contrast),
-        ("--contrast-margin", job.contrast_margin),
-    ] {
-        if !(v.is_finite() && v >= 0.0) {
-            invalid!("{what} must be a number of at least 0, got {v}");
-        }
-    }
+    validate_contrast(job.contrast, job.contrast_margin)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let ckpt_dir = out.join("checkpoint");
     checkpoint::recover(&ckpt_dir)?;
@@ -413,6 +417,21 @@ pub fn train(
     let init = job.init.map(|dir| init_meta(dir, job)).transpose()?;
     let tokenizer = run_tokenizer(&data, init.as_ref(), job.text.max_len)?;
     tokenizer.validate()?;
+    if let (true, super::DataSource::Folder { clips, .. }) = (job.contrast > 0.0, &data) {
+        // a rival is of the grammar and in the vocabulary, or it is masked out
+        let has_rival = |caption: &str| {
+            crate::pipeline::rival_captions(caption)
+                .iter()
+                .any(|r| tokenizer.encode(r).is_ok())
+        };
+        if !clips.iter().any(|c| has_rival(&c.caption)) {
+            invalid!(
+                "--contrast weighs each caption against rival captions of the Shapes World grammar in the model's vocabulary, and no caption of the {} in {} has one: the term would add nothing",
+                clips.len(),
+                run.data
+            );
+        }
+    }
     let text_cfg = TextConfig {
         vocab_size: tokenizer.vocab_size(),
         ..job.text.clone()
@@ -636,16 +655,28 @@ pub fn train(
             let gap = (per_clip(&v_rival)? - per_clip(&v)?)?;
             let mask = Tensor::from_vec(mask, len, device)?;
             let rank = (gap.affine(-1.0, job.contrast_margin)?.relu()? * &mask)?.mean_all()?;
-            let used = mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64;
-            let gap_mean = (gap.detach() * &mask)?.sum_all()?.to_scalar::<f32>()? as f64 / used;
-            let rank_v = rank.to_scalar::<f32>()? as f64;
+            // per clip of the shard, so that the mean over shards is the
+            // batch's whatever its split: the term, the summed gap of the
+            // clips it applies to, and their share
+            let per_row = |x: Tensor| -> Result<f64> {
+                Ok(x.sum_all()?.to_scalar::<f32>()? as f64 / len as f64)
+            };
+            let figures = vec![
+                rank.to_scalar::<f32>()? as f64,
+                per_row((gap.detach() * &mask)?)?,
+                per_row(mask)?,
+            ];
             Ok(ShardLoss {
                 loss: (loss + (rank * job.contrast)?)?,
-                figures: vec![rank_v, gap_mean],
+                figures,
             })
         })?;
         let loss_v = out.loss;
-        let figures: String = out.figures.iter().map(|f| format!(",{f:.6}")).collect();
+        let figures = match out.figures[..] {
+            // the term, and the mean gap of the clips it applies to
+            [rank, gap_sum, used] => format!(",{rank:.6},{:.6}", gap_sum / used.max(1e-12)),
+            _ => String::new(),
+        };
         if !loss_v.is_finite() {
             invalid!("the loss became {loss_v} at step {}: stopping; the last checkpoint ({}) is kept. Try a lower --lr.", step + 1, ckpt_dir.display());
         }

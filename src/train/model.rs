@@ -110,9 +110,14 @@ pub fn train(
     plan.dit.validate()?;
     if let Some(stage) = &plan.contrast {
         stage.run.validate()?;
+        dit::validate_contrast(stage.weight, stage.margin)?;
+        if stage.weight == 0.0 {
+            invalid!("the rival-contrast stage needs a weight above 0 (--contrast); to leave the stage out, give --contrast-steps 0");
+        }
     }
     let (vae_dir, dit_dir) = (stage_dir(out, Stage::Vae), stage_dir(out, Stage::Dit));
-    if !session.resume && (vae_dir.exists() || dit_dir.exists()) {
+    let contrast_dir = stage_dir(out, Stage::Contrast);
+    if !session.resume && (vae_dir.exists() || dit_dir.exists() || contrast_dir.exists()) {
         invalid!(
             "{} already holds a run: pass --resume to continue it, or choose another --out",
             out.display()
@@ -165,7 +170,6 @@ pub fn train(
             contrast_seconds: 0.0,
         });
     };
-    let contrast_dir = stage_dir(out, Stage::Contrast);
     on_start(Stage::Contrast, started_at(&contrast_dir));
     let tune = DitJob {
         run: stage.run.clone(),

@@ -432,10 +432,12 @@ fn the_model_scores_a_captions_own_clip_highest_and_keeps_the_best_candidate() {
 fn the_rival_contrast_widens_the_models_margin_over_rival_captions() {
     let root = tempfile::tempdir().unwrap();
     let (data, vae_dir) = setup(root.path());
+    // Shapes World on the fly: the grammar's whole vocabulary, so that
+    // every rival caption can be read
     let contrasted = |contrast: f64| DitJob {
         contrast,
         contrast_margin: 10.0,
-        ..job(&vae_dir, run(12, &data, 2, 1e-3))
+        ..job(&vae_dir, run(12, Path::new("shapes"), 2, 1e-3))
     };
     let train = |name: &str, contrast: f64| {
         let out = root.path().join(name);
@@ -478,10 +480,7 @@ fn the_rival_contrast_widens_the_models_margin_over_rival_captions() {
             .iter()
             .filter_map(|r| tok.encode(r).ok().map(ids))
             .collect();
-        assert!(
-            !rivals.is_empty(),
-            "no rival of \"{caption}\" is in the vocabulary"
-        );
+        assert_eq!(rivals.len(), rival_captions(caption.trim()).len());
         let x0 = encode(&vae, &frames, &Device::Cpu).unwrap();
         let cond = ids(tok.encode(caption.trim()).unwrap());
         let against = Tensor::cat(&rivals, 0).unwrap();
@@ -508,6 +507,26 @@ fn the_rival_contrast_widens_the_models_margin_over_rival_captions() {
     .unwrap()
     .to_string();
     assert!(refused.contains("the rival-caption contrast"), "{refused}");
+    // captions outside the grammar have no rivals: refused before training
+    let own = root.path().join("own");
+    std::fs::create_dir_all(&own).unwrap();
+    std::fs::copy(data.join("clip_000000.gif"), own.join("dog.gif")).unwrap();
+    std::fs::write(own.join("dog.txt"), "a dog runs across the lawn\n").unwrap();
+    let job = DitJob {
+        contrast: 1.0,
+        ..job(&vae_dir, run(2, &own, 2, 1e-3))
+    };
+    let refused = dit::train(
+        &root.path().join("dog"),
+        &job,
+        &session(false, None),
+        &Device::Cpu,
+        |_| (),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(refused.contains("no caption of the 1 in"), "{refused}");
 }
 
 #[test]
