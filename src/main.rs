@@ -302,7 +302,7 @@ enum TrainCommand {
         (OUT/dit/checkpoint/ with --contrast-steps 0), ready for `minisora generate --checkpoint`. \
         Interrupted? Run the same command with --resume: the unfinished stage continues exactly \
         where its checkpoint stopped, a finished one is skipped.\n\n\
-        The defaults train the shipped model (samples/model):\n  minisora train model --out runs/model"
+        The defaults train the shipped model's recipe (samples/model/card.md says how its weights were made):\n  minisora train model --out runs/model"
     )]
     Model(TrainModelArgs),
 }
