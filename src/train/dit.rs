@@ -593,15 +593,15 @@ pub fn train(
                 .mean
                 .detach()
                 .affine(scale, -shift * scale)?;
-            let mut ids = Vec::with_capacity(len * tokenizer.max_len);
+            let mut words = Vec::with_capacity(len * tokenizer.max_len);
             for (caption, &drop) in captions.iter().zip(&dropped[first..first + len]) {
-                ids.extend(if drop {
+                words.extend(if drop {
                     tokenizer.null()
                 } else {
                     tokenizer.encode(caption)?
                 });
             }
-            let ids = Tensor::from_vec(ids, (len, tokenizer.max_len), device)?;
+            let ids = Tensor::from_slice(&words, (len, tokenizer.max_len), device)?;
             let t = t.narrow(0, first, len)?;
             let (x_t, target) = interpolate(&z0, &eps.narrow(0, first, len)?, &t)?;
             // the captions once, for both passes of a self-conditioned step
@@ -638,15 +638,13 @@ pub fn train(
                 };
                 let pick = (!rivals.is_empty())
                     .then(|| &rivals[Rng::derive(run.seed ^ 0xc0ffee, id).below(rivals.len())]);
-                let words = match pick.map(|r| tokenizer.encode(r)) {
-                    Some(Ok(words)) => Some(words),
+                let rival = match pick.map(|r| tokenizer.encode(r)) {
+                    Some(Ok(rival)) => Some(rival),
                     _ => None,
                 };
-                mask.push(if words.is_some() { 1f32 } else { 0.0 });
-                rival_ids.extend(match words {
-                    Some(words) => words,
-                    None => ids.narrow(0, j, 1)?.flatten_all()?.to_vec1::<u32>()?,
-                });
+                mask.push(if rival.is_some() { 1f32 } else { 0.0 });
+                let own = &words[j * tokenizer.max_len..(j + 1) * tokenizer.max_len];
+                rival_ids.extend_from_slice(rival.as_deref().unwrap_or(own));
             }
             let rival_ids = Tensor::from_vec(rival_ids, (len, tokenizer.max_len), device)?;
             let rival = model.encode(&rival_ids)?;

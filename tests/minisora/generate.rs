@@ -102,6 +102,14 @@ fn job<'a>(vae_dir: &'a Path, run: RunConfig) -> DitJob<'a> {
     }
 }
 
+/// The error of a training run that must be refused.
+fn refusal(out: &Path, job: &DitJob, resume: bool) -> String {
+    match dit::train(out, job, &session(resume, None), &Device::Cpu, |_| ()) {
+        Ok(_) => panic!("{} was not refused", out.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
 fn mean_sq(x: &Tensor) -> f32 {
     x.sqr().unwrap().mean_all().unwrap().to_scalar().unwrap()
 }
@@ -489,16 +497,7 @@ fn the_rival_contrast_term_is_weighted_margined_and_logged() {
         minisora::checkpoint::read_json(&ranked.join("checkpoint/config.json")).unwrap();
     assert_eq!((meta.contrast, meta.contrast_margin), (5.0, 10.0));
     // the term is part of the run: resuming with another weight is refused
-    let refused = dit::train(
-        &ranked,
-        &contrasted(1.0),
-        &session(true, None),
-        &Device::Cpu,
-        |_| (),
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let refused = refusal(&ranked, &contrasted(1.0), true);
     assert!(refused.contains("the rival-caption contrast"), "{refused}");
     // captions outside the grammar have no rivals: refused before training
     let own = root.path().join("own");
@@ -509,16 +508,7 @@ fn the_rival_contrast_term_is_weighted_margined_and_logged() {
         contrast: 1.0,
         ..job(&vae_dir, run(2, &own, 2, 1e-3))
     };
-    let refused = dit::train(
-        &root.path().join("dog"),
-        &job,
-        &session(false, None),
-        &Device::Cpu,
-        |_| (),
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let refused = refusal(&root.path().join("dog"), &job, false);
     assert!(refused.contains("no caption of the 1 in"), "{refused}");
 }
 
@@ -560,10 +550,7 @@ fn dit_training_resumes_exactly() {
         time_shift: 3.0,
         ..job(&vae_dir, run(6, &data, 2, 1e-3))
     };
-    let refused = dit::train(&b, &shifted, &session(true, None), &Device::Cpu, |_| ())
-        .err()
-        .unwrap()
-        .to_string();
+    let refused = refusal(&b, &shifted, true);
     assert!(
         refused.contains("other settings (differing: the time shift)"),
         "{refused}"
@@ -634,16 +621,11 @@ fn fine_tuning_starts_from_the_model_and_keeps_its_settings() {
     let done = tuned("done", None, &fine).unwrap();
     assert!(differ(&tensors(&init), &tensors(&done.checkpoint)) > 0.0);
     // resuming without the same --init is another run
-    let refused = dit::train(
+    let refused = refusal(
         &root.path().join("start"),
         &job(&vae_dir, run(2, &data, 2, 1e-3)),
-        &session(true, None),
-        &Device::Cpu,
-        |_| (),
-    )
-    .err()
-    .unwrap()
-    .to_string();
+        true,
+    );
     assert!(refused.contains("other settings"), "{refused}");
 
     // another architecture, another autoencoder and unknown caption words are refused
