@@ -112,6 +112,17 @@ struct EvalArgs {
     /// Held-out prompts to draw of each kind (one object, two objects)
     #[arg(long, default_value_t = 200)]
     count: usize,
+    /// Leave out the first N held-out prompts of each kind: score ranks N+1
+    /// to N+COUNT, each with the seed (and --save's number) it has in an
+    /// evaluation with --count N+COUNT. Fresh prompts for weights or
+    /// settings chosen on an earlier evaluation of the first N
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        conflicts_with = "prompts"
+    )]
+    skip: usize,
     /// Score these prompts (one per line) instead
     #[arg(long)]
     prompts: Option<PathBuf>,
@@ -1429,7 +1440,7 @@ fn bench_steps(args: BenchStepsArgs) -> Result<()> {
         bail!("--count must be at least 1");
     }
     let (meta, model, vae) = load_model(&args.checkpoint, &Device::Cpu, candle_core::DType::F32)?;
-    let prompts = minisora::eval::held_out_prompts(args.count);
+    let prompts = minisora::eval::held_out(0, args.count);
     let base = minisora::pipeline::SampleOptions {
         seed: 0,
         steps: 1,
@@ -1971,20 +1982,21 @@ impl SavedClips {
         })
     }
 
+    /// Keeps the clip and scores of `prompt`, the `i`th of the evaluation.
     fn add(
         &mut self,
         i: usize,
-        scene: &Scene,
+        prompt: &minisora::eval::EvalPrompt,
         frames: &minisora::video::Frames,
         scores: &[minisora::eval::ObjectScore],
     ) -> minisora::Result<()> {
         // named as generate --prompts names its clips
-        let clip = format!("{i:03}.gif");
+        let clip = format!("{:03}.gif", prompt.index);
         minisora::video::write(&self.dir.join(&clip), &frames.view(), &self.write)?;
         let line = serde_json::json!({
-            "index": i,
-            "prompt": scene.caption(),
-            "seed": minisora::eval::seed_of(i),
+            "index": prompt.index,
+            "prompt": prompt.scene.caption(),
+            "seed": prompt.seed(),
             "clip": clip,
             "pass": scores.iter().all(minisora::eval::ObjectScore::all),
             "objects": scores,
@@ -2016,9 +2028,10 @@ fn eval(args: EvalArgs) -> Result<()> {
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .map(|l| Scene::parse(l).map_err(anyhow::Error::from))
-            .collect::<Result<Vec<_>>>()?,
+            .collect::<Result<Vec<_>>>()
+            .map(minisora::eval::EvalPrompt::numbered)?,
         None if args.count == 0 => bail!("--count must be at least 1"),
-        None => minisora::eval::held_out_prompts(args.count),
+        None => minisora::eval::held_out(args.skip, args.count),
     };
     if let (Some(file), true) = (&args.prompts, prompts.is_empty()) {
         bail!(
@@ -2076,9 +2089,17 @@ fn eval(args: EvalArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
+    let ranks = match (&args.prompts, args.skip) {
+        (None, skip) if skip > 0 => format!(
+            ", ranks {}-{} of each kind",
+            skip + 1,
+            skip.saturating_add(args.count)
+        ),
+        _ => String::new(),
+    };
     let Some((meta, _, _)) = &loaded else {
         println!(
-            "prompts      {} ({} objects), each scored on its own Shapes World render (--renders: no model; the detector's ceiling)",
+            "prompts      {} ({} objects{ranks}), each scored on its own Shapes World render (--renders: no model; the detector's ceiling)",
             report.prompts, report.objects
         );
         print_adherence(&report);
@@ -2089,7 +2110,7 @@ fn eval(args: EvalArgs) -> Result<()> {
         None => String::new(),
     };
     println!(
-        "prompts      {} ({} objects), {} steps of {}, guidance {}{interval}, shift {}",
+        "prompts      {} ({} objects{ranks}), {} steps of {}, guidance {}{interval}, shift {}",
         report.prompts,
         report.objects,
         args.sampling.steps,

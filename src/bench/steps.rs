@@ -9,9 +9,8 @@ use std::time::Instant;
 use candle_core::Device;
 use serde::Serialize;
 
-use crate::data::shapes_world::Scene;
 use crate::diffusion::sampler;
-use crate::eval::{evaluate, AdherenceReport};
+use crate::eval::{evaluate, AdherenceReport, EvalPrompt};
 use crate::pipeline::SampleOptions;
 use crate::train::dit::{DitMeta, TextToVideo};
 use crate::train::vae::VaeCheckpoint;
@@ -39,7 +38,7 @@ pub fn sweep(
     model: &TextToVideo,
     meta: &DitMeta,
     vae: &VaeCheckpoint,
-    prompts: &[Scene],
+    prompts: &[EvalPrompt],
     samplers: &[String],
     steps: &[usize],
     base: &SampleOptions,

@@ -42,35 +42,69 @@ pub struct AdherenceReport {
     pub two_object_pass: Option<f64>,
 }
 
-/// Prompts drawn from the grammar with seeds training never uses:
-/// `per_kind` with one object and `per_kind` with two, in draw order.
-pub fn held_out_prompts(per_kind: usize) -> Vec<Scene> {
+/// A prompt of an evaluation and the index its clip's seed comes from
+/// ([`seed_of`]): its place in the full held-out draw, or its line in a
+/// prompt file.
+#[derive(Clone, Debug)]
+pub struct EvalPrompt {
+    pub index: usize,
+    pub scene: Scene,
+}
+
+impl EvalPrompt {
+    /// Prompts numbered by their place in `scenes` (a prompt file's lines).
+    pub fn numbered(scenes: Vec<Scene>) -> Vec<EvalPrompt> {
+        scenes
+            .into_iter()
+            .enumerate()
+            .map(|(index, scene)| EvalPrompt { index, scene })
+            .collect()
+    }
+
+    /// The seed of this prompt's clip: training never draws it.
+    pub fn seed(&self) -> u64 {
+        seed_of(self.index)
+    }
+}
+
+/// Prompts drawn from the grammar with seeds training never uses, in draw
+/// order: those of ranks `skip + 1` to `skip + per_kind` among the prompts
+/// with one object, and the same among those with two. Each keeps the
+/// index (and so the seed) it has in `held_out(0, skip + per_kind)`, so
+/// the prompts an evaluation of the first `skip` of each kind has not
+/// seen are scored exactly as that longer evaluation scores them.
+pub fn held_out(skip: usize, per_kind: usize) -> Vec<EvalPrompt> {
+    let total = skip.saturating_add(per_kind);
     let mut out = Vec::with_capacity(2 * per_kind.min(1 << 16));
     let mut have = [0usize; 2];
+    let mut index = 0;
     for i in 0u64.. {
-        if have.iter().all(|&n| n >= per_kind) {
+        if have.iter().all(|&n| n >= total) {
             break;
         }
         let scene = Scene::sample(&mut Rng::derive(HELD_OUT ^ 0xe7a1, i));
         let kind = scene.objects.len() - 1;
-        if have[kind] < per_kind {
+        if have[kind] < total {
+            if have[kind] >= skip {
+                out.push(EvalPrompt { index, scene });
+            }
             have[kind] += 1;
-            out.push(scene);
+            index += 1;
         }
     }
     out
 }
 
-/// The seed of the `i`th prompt's clip in [`evaluate`] (of its noise, and
-/// of its render with `renoise`): training never draws it.
+/// The seed of the `i`th held-out prompt's clip in [`evaluate`] (of its
+/// noise, and of its render with `renoise`): training never draws it.
 pub fn seed_of(i: usize) -> u64 {
     HELD_OUT + i as u64
 }
 
-/// Generates a clip per prompt (seed: [`seed_of`] its index) and scores it, on
+/// Generates a clip per prompt (seed: [`EvalPrompt::seed`]) and scores it, on
 /// `threads` threads (each prompt's clip depends only on its index, so the
 /// report does not depend on the thread count); calls `scored(i, clip,
-/// scores)` on this thread as each prompt's clip is scored, in the order
+/// scores)`, `i` the prompt's place in `prompts`, on this thread as each prompt's clip is scored, in the order
 /// they finish (for progress, or to keep the clips); an error from it stops
 /// the evaluation.
 ///
@@ -83,7 +117,7 @@ pub fn evaluate(
     model: &TextToVideo,
     meta: &DitMeta,
     vae: &VaeCheckpoint,
-    prompts: &[Scene],
+    prompts: &[EvalPrompt],
     options: &SampleOptions,
     renoise: Option<f64>,
     device: &Device,
@@ -91,14 +125,14 @@ pub fn evaluate(
     scored: impl FnMut(usize, &Frames, &[ObjectScore]) -> Result<()>,
 ) -> Result<AdherenceReport> {
     let make = |i: usize| -> Result<Frames> {
-        let seed = seed_of(i);
+        let seed = prompts[i].seed();
         let o = SampleOptions {
             seed,
             ..options.clone()
         };
         let init = match renoise {
             Some(strength) => {
-                let clip = render(&prompts[i], options.canvas, seed)?;
+                let clip = render(&prompts[i].scene, options.canvas, seed)?;
                 Some(Init {
                     latent: encode(vae, &clip.frames, device)?,
                     strength,
@@ -106,36 +140,36 @@ pub fn evaluate(
             }
             None => None,
         };
-        let caption = prompts[i].caption();
+        let caption = prompts[i].scene.caption();
         Ok(generate_from(model, meta, vae, &caption, &o, init.as_ref(), device)?.frames)
     };
     score_clips(prompts, threads, make, scored)
 }
 
 /// The detector's ceiling on these prompts: [`evaluate`] with each prompt's
-/// own Shapes World render (seed: [`seed_of`] its index) in place of a
+/// own Shapes World render (seed: [`EvalPrompt::seed`]) in place of a
 /// generated clip; no model.
 pub fn evaluate_renders(
-    prompts: &[Scene],
+    prompts: &[EvalPrompt],
     canvas: Canvas,
     threads: usize,
     scored: impl FnMut(usize, &Frames, &[ObjectScore]) -> Result<()>,
 ) -> Result<AdherenceReport> {
-    let make = |i: usize| Ok(render(&prompts[i], canvas, seed_of(i))?.frames);
+    let make = |i: usize| Ok(render(&prompts[i].scene, canvas, prompts[i].seed())?.frames);
     score_clips(prompts, threads, make, scored)
 }
 
 /// Makes the clip of each prompt with `make(i)` on `threads` threads,
 /// scores it and tallies the scores; `scored` as in [`evaluate`].
 fn score_clips(
-    prompts: &[Scene],
+    prompts: &[EvalPrompt],
     threads: usize,
     make: impl Fn(usize) -> Result<Frames> + Sync,
     mut scored: impl FnMut(usize, &Frames, &[ObjectScore]) -> Result<()>,
 ) -> Result<AdherenceReport> {
     let score = |i: usize| -> Result<(Frames, Vec<ObjectScore>)> {
         let frames = make(i)?;
-        let scores = detect(&frames, &prompts[i]);
+        let scores = detect(&frames, &prompts[i].scene);
         Ok((frames, scores))
     };
     let threads = threads.clamp(1, prompts.len().max(1));
@@ -166,10 +200,10 @@ fn score_clips(
         Ok(())
     })?;
     let mut tally = AttributeTally::default();
-    for (scene, scores) in prompts.iter().zip(results) {
+    for (prompt, scores) in prompts.iter().zip(results) {
         let scores =
             scores.ok_or_else(|| crate::Error::Invalid("a prompt was not scored".into()))?;
-        tally.add(scene, &scores);
+        tally.add(&prompt.scene, &scores);
     }
     Ok(tally.report())
 }
@@ -279,5 +313,30 @@ mod tests {
         // squares: 2 of 3 right; the one circle right; no triangle asked for
         let by_kind: Vec<_> = r.shape_by_kind.into_iter().collect();
         assert_eq!(by_kind, [("circle", 1.0), ("square", 2.0 / 3.0)]);
+    }
+
+    /// `held_out(skip, n)` is the tail of `held_out(0, skip + n)`: per kind,
+    /// its prompts after the first `skip`, with the same indices (seeds).
+    #[test]
+    fn skipped_held_out_prompts_keep_their_indices_in_the_longer_draw() {
+        let kind = |p: &EvalPrompt| p.scene.objects.len();
+        let full = held_out(0, 7);
+        let tail = held_out(4, 3);
+        let mut rank = [0usize; 3];
+        let expected: Vec<_> = full
+            .iter()
+            .filter(|p| {
+                rank[kind(p)] += 1;
+                rank[kind(p)] > 4
+            })
+            .collect();
+        assert_eq!(tail.len(), 6);
+        assert_eq!(expected.len(), 6);
+        for (a, b) in tail.iter().zip(expected) {
+            assert_eq!((a.index, a.scene.caption()), (b.index, b.scene.caption()));
+        }
+        assert_eq!(tail.iter().filter(|p| kind(p) == 2).count(), 3);
+        let indices = |v: &[EvalPrompt]| v.iter().map(|p| p.index).collect::<Vec<_>>();
+        assert_eq!(indices(&full), (0..14).collect::<Vec<_>>());
     }
 }

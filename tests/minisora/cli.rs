@@ -82,6 +82,53 @@ fn eval_compare_pairs_two_saved_evaluations() {
     );
 }
 
+/// `eval --skip N` scores exactly what a longer evaluation scores past
+/// rank N of each kind: the same prompts, seeds, clip names and verdicts.
+#[test]
+fn eval_skip_scores_the_tail_of_a_longer_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        ["--count", "5", "--skip", "0"],
+        ["--count", "2", "--skip", "3"],
+    ] {
+        let out = format!("skip{}", args[3]);
+        let mut argv = vec!["eval", "--renders", "--save", out.as_str()];
+        argv.extend(args);
+        let o = minisora(&argv, dir.path());
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let lines = |d: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.path().join(d).join("scores.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (full, tail) = (lines("skip0"), lines("skip3"));
+    let mut rank = std::collections::HashMap::new();
+    let expected: Vec<_> = full
+        .iter()
+        .filter(|l| {
+            let r = rank
+                .entry(l["objects"].as_array().unwrap().len())
+                .or_insert(0);
+            *r += 1;
+            *r > 3
+        })
+        .collect();
+    assert_eq!((full.len(), tail.len(), expected.len()), (10, 4, 4));
+    for (t, e) in tail.iter().zip(expected) {
+        assert_eq!(t, e);
+        let clip = t["clip"].as_str().unwrap();
+        assert!(dir.path().join("skip3").join(clip).is_file(), "{clip}");
+    }
+    assert_refused(
+        &["eval", "--renders", "--skip", "1", "--prompts", "p.txt"],
+        "--prompts",
+        dir.path(),
+    );
+}
+
 #[test]
 fn render_writes_each_format() {
     let dir = tempfile::tempdir().unwrap();
