@@ -1080,8 +1080,8 @@ const DIT_TIME_MIX: f64 = 0.0;
 /// The shipped model's training lengths: the shipped weights are `train
 /// model`'s with these (samples/model/card.md, "One command"). With the
 /// rival-contrast stage ([`CONTRAST_STEPS`]) after the DiT's, that run took
-/// 121 minutes on a slow machine, with work beside it; at the stage rates
-/// of the session before it would take about 76. A DiT stage of 10300
+/// 120.6 minutes alone on the machine of 2026-12-07 (over issue 5's 90); at
+/// an earlier session's stage rates it would take about 76. A DiT stage of 10300
 /// steps made a model passing 57.5% of two-object prompts (bar 60%) where
 /// these pass 61.0%.
 const VAE_STEPS: u64 = 8400;
