@@ -1080,10 +1080,10 @@ const DIT_TIME_MIX: f64 = 0.0;
 /// The shipped model's training lengths: the shipped weights are `train
 /// model`'s with these (samples/model/card.md, "One command"). With the
 /// rival-contrast stage ([`CONTRAST_STEPS`]) after the DiT's, that run took
-/// 120.6 minutes alone on the machine of 2026-12-07 (over issue 5's 90); at
-/// an earlier session's stage rates it would take about 76. A DiT stage of 10300
-/// steps made a model passing 57.5% of two-object prompts (bar 60%) where
-/// these pass 61.0%.
+/// 120.6 and 95.1 minutes alone on the machine of two 2026-12-07 sessions
+/// (over issue 5's 90); at an earlier session's stage rates it would take
+/// about 76. A DiT stage of 10300 steps made a model passing 57.5% of
+/// two-object prompts (bar 60%) where these pass 61.0%.
 const VAE_STEPS: u64 = 8400;
 const DIT_STEPS: u64 = 11800;
 /// Share of two-object captions in the DiT's Shapes World clips: the shipped
