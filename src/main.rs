@@ -2408,20 +2408,20 @@ fn data(args: DataArgs) -> Result<()> {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
+    // training runs its batch shards as tasks of candle's pool
+    // (train::parallel) and keeps one thread per core
     let clip_threads = matches!(
         cli.command,
-        Command::Train(_)
-            | Command::Eval(_)
+        Command::Eval(_)
             | Command::Bench(BenchArgs {
                 command: Some(BenchCommand::Steps(_)),
                 ..
             })
     );
     if clip_threads && std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        // Training runs its batch shards, and eval and bench steps their
-        // prompts, on one thread per core (train::parallel); candle's matrix multiply must
-        // then stay on its caller's thread. Set here, before any other
-        // thread exists.
+        // Eval and bench steps run their prompts on one thread per core;
+        // candle's matrix multiply must then stay on its caller's thread.
+        // Set here, before any other thread exists.
         std::env::set_var("RAYON_NUM_THREADS", "1");
     }
     match cli.command {

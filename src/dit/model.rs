@@ -338,13 +338,17 @@ impl Dit {
     ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         // a poisoned lock only means another thread panicked mid-build:
         // the cache is then rebuilt, never trusted
-        let mut cache = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(t) = cache.as_ref() {
-            if t.positions == positions && t.device.same_device(device) {
-                return Ok((t.cos.clone(), t.sin.clone(), t.features.clone()));
+        {
+            let cache = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(t) = cache.as_ref() {
+                if t.positions == positions && t.device.same_device(device) {
+                    return Ok((t.cos.clone(), t.sin.clone(), t.features.clone()));
+                }
             }
         }
-        *cache = None;
+        // built without the lock: an op may run other tasks of the CPU pool
+        // on this thread (a training shard's among them), and one of those
+        // asking for the lock here would wait on itself
         let (cos, sin) = rope_3d(
             positions,
             self.config.rope_split(),
@@ -355,7 +359,7 @@ impl Dit {
             Some(_) => Some(sincos_3d(positions, device)?.to_dtype(self.dtype())?),
             None => None,
         };
-        *cache = Some(PositionTables {
+        *self.tables.lock().unwrap_or_else(|e| e.into_inner()) = Some(PositionTables {
             positions: positions.to_vec(),
             device: device.clone(),
             cos: cos.clone(),
