@@ -27,23 +27,18 @@
 //! (gemm splits rows and columns, never the inner sum), so the weights are
 //! the same either way. Plain threads with multithreaded matmuls
 //! (`RAYON_NUM_THREADS=2` before this change) made four busy threads on
-//! two cores and halved the rate. Measured against plain threads on
-//! 2026-12-07 (`train model` resumed into its DiT stage, three pairs of
-//! 130-second runs, losses equal to the last digit at every step): 49.3,
-//! 44.5 and 48.9 clips/s against 47.0, 47.5 and 41.4, the process using
-//! 1.95 cores against 1.81; the autoencoder stage made 858 steps in 70 s
-//! against 736. Four more pairs, in the order new, old, old, new, new,
-//! old, old, new, 60 s each after a 40-second start: 3.17/3.12,
-//! 2.67/2.53, 2.67/2.60 and 2.82/2.75 steps/s, new faster in every pair
-//! and about 3% in all, 1.94-1.96 cores busy against 1.82-1.87.
+//! two cores and halved the rate. Against plain threads, the same losses
+//! at every step and about 3% more DiT steps/s, 1.94-1.96 cores busy
+//! instead of 1.82-1.87 (samples/model/card.md, "A second clean timing").
 
-use std::sync::Mutex;
 use std::thread;
+
+use rayon::prelude::*;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
-use crate::{invalid, Error, Result};
+use crate::{invalid, Result};
 
 /// What one shard's pass gives back: its mean loss (a scalar tensor with
 /// its graph, to differentiate) and any figures it measured (already
@@ -100,37 +95,18 @@ where
         let value = out.loss.to_scalar::<f32>()? as f64;
         Ok((out.loss.backward()?, value, out.figures))
     };
-    let threads = threads.clamp(1, shards);
-    let mut results: Vec<Option<Result<ShardOutcome>>> = (0..shards).map(|_| None).collect();
-    if threads == 1 {
-        for (shard, slot) in results.iter_mut().enumerate() {
-            *slot = Some(run_one(shard));
-        }
+    // with more than one thread, each shard is a task of candle's pool (of
+    // the pool's size, not `threads`'); rayon keeps the shards' order
+    let outs: Vec<ShardOutcome> = if threads.clamp(1, shards) == 1 {
+        (0..shards).map(run_one).collect::<Result<_>>()?
     } else {
-        // each shard a task of candle's pool (its size is the pool's, not
-        // `threads`); a slot's lock is taken only once its pass is over,
-        // never across an op that may run other tasks on this thread
-        let slots: Vec<Mutex<Option<Result<ShardOutcome>>>> =
-            (0..shards).map(|_| Mutex::new(None)).collect();
         candle_core::utils::with_threadpool(|| {
-            rayon::scope(|s| {
-                for (shard, slot) in slots.iter().enumerate() {
-                    let run_one = &run_one;
-                    s.spawn(move |_| {
-                        let r = run_one(shard);
-                        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-                    });
-                }
-            })
-        });
-        for (slot, out) in slots.into_iter().zip(results.iter_mut()) {
-            *out = slot.into_inner().unwrap_or_else(|e| e.into_inner());
-        }
-    }
-    let mut outs = Vec::with_capacity(shards);
-    for r in results {
-        outs.push(r.ok_or_else(|| Error::Invalid("a shard did not run".into()))??);
-    }
+            (0..shards)
+                .into_par_iter()
+                .map(run_one)
+                .collect::<Result<_>>()
+        })?
+    };
     let n = shards as f64;
     let loss = outs.iter().map(|o| o.1).sum::<f64>() / n;
     let mut figures = vec![0.0; outs[0].2.len()];
