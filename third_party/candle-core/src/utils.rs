@@ -401,6 +401,18 @@ pub fn init_global_threadpool() {
 }
 
 fn default_num_threads() -> usize {
+    // minisora patch: probed once. `get_num_threads` runs before every
+    // matrix multiply, and without RAYON_NUM_THREADS, on a Linux machine
+    // whose cores all have the same capacity, the probe falls through to
+    // `num_cpus::get_physical`, which opens and parses /proc/cpuinfo: about
+    // 2% of a DiT training step's samples went to the kernel formatting
+    // that file (third_party/README.md). Nothing it reads changes while
+    // the process runs.
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    *THREADS.get_or_init(probe_num_threads)
+}
+
+fn probe_num_threads() -> usize {
     let physical = {
         #[cfg(target_os = "macos")]
         {
