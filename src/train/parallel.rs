@@ -5,9 +5,9 @@
 //! one core idle most of the time. Two single-threaded processes training
 //! the default autoencoder side by side measured 12.8 clips/s each, against
 //! 14.7 clips/s for one process using both cores. [`sharded_grads`] gets
-//! that back inside one run: the batch is cut into equal shards, each
-//! shard's forward and backward pass runs on a thread of its own, and the
-//! shards' gradients are averaged in a fixed order.
+//! that back inside one run: the batch is cut into equal shards, the
+//! shards' forward and backward passes run side by side, and their
+//! gradients are averaged in a fixed order.
 //!
 //! The result depends on the number of shards only through floating-point
 //! rounding (the mean of equal shards' mean losses is the batch's mean
