@@ -1,8 +1,10 @@
 //! The vendored candle-core's patches (third_party/README.md) against
 //! results computed by hand: sums over runs of leading or middle dims,
 //! gradients through nodes with one consumer, several consumers, and
-//! subtraction, element-wise ops split over the caller's rayon pool, and
-//! matrix products written into a buffer that is not zero-filled first.
+//! subtraction, element-wise ops split over the caller's rayon pool,
+//! matrix products written into a buffer that is not zero-filled first,
+//! linear layers' weight gradients (against upstream's bits), and
+//! gradients through narrows of one tensor.
 
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -213,4 +215,137 @@ fn matrix_products_write_every_value() {
         .unwrap()
         .iter()
         .all(|&v| v == 0.0));
+}
+
+/// A linear layer's weight gradient: `x W^T` hands `W` the product `grad^T
+/// x`, computed in `W`'s layout, with the same bits as upstream's `(x^T
+/// grad)^T` and as one `mul_add` chain over the rows in order (gemm's order
+/// for an inner size of at most 512). Sizes off gemm's 16 x 6 tiles and its
+/// unrolling; a second use of the same weight adds its gradient.
+#[test]
+fn linear_weight_gradients_come_out_in_the_weights_layout_with_upstreams_bits() {
+    let dev = Device::Cpu;
+    let (rows, k, n) = (301, 37, 70);
+    let xs = values(rows * k);
+    let cs: Vec<f32> = values(rows * n + 5)[5..].iter().map(|v| v * 0.3).collect();
+    let x = Tensor::from_slice(&xs, (rows, k), &dev).unwrap();
+    let c = Tensor::from_slice(&cs, (rows, n), &dev).unwrap();
+    let w = Var::from_slice(&values(n * k + 11)[11..], (n, k), &dev).unwrap();
+    // d/dy of sum(y * c) is c
+    let y = x.matmul(&w.as_tensor().t().unwrap()).unwrap();
+    let grads = (y * &c).unwrap().sum_all().unwrap().backward().unwrap();
+    let gw = grads.get(w.as_tensor()).unwrap();
+    assert_eq!(gw.dims(), &[n, k]);
+    assert!(gw.is_contiguous());
+    let got: Vec<f32> = gw.flatten_all().unwrap().to_vec1().unwrap();
+    let upstream: Vec<f32> = x
+        .t()
+        .unwrap()
+        .matmul(&c)
+        .unwrap()
+        .t()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(got, upstream);
+    for j in 0..n {
+        for i in 0..k {
+            let chain = (0..rows).fold(0f32, |acc, r| cs[r * n + j].mul_add(xs[r * k + i], acc));
+            assert_eq!(got[j * k + i].to_bits(), chain.to_bits(), "W[{j}, {i}]");
+        }
+    }
+    // the same weight twice: the two gradients add
+    let y2 = x.matmul(&w.as_tensor().t().unwrap()).unwrap();
+    let y = x.matmul(&w.as_tensor().t().unwrap()).unwrap();
+    let loss = ((y * &c).unwrap() + (y2 * &c).unwrap()).unwrap();
+    let grads = loss.sum_all().unwrap().backward().unwrap();
+    let twice: Vec<f32> = grads
+        .get(w.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let doubled: Vec<f32> = upstream.iter().map(|v| v + v).collect();
+    assert_eq!(twice, doubled);
+}
+
+/// Gradients through narrows of one tensor: q, k and v from a fused qkv
+/// (disjoint, along the first and the last dim), overlapping narrows, and a
+/// tensor used whole besides its narrows. Each value of the gradient is the
+/// sum of what every use hands it, as upstream's padded adds give.
+#[test]
+fn gradients_through_narrows_fill_one_tensor() {
+    let dev = Device::Cpu;
+    let src = Var::from_slice(&values(6 * 8), (6, 8), &dev).unwrap();
+    let s = src.as_tensor();
+    // coefficients for each use, so each part's gradient is known
+    let coef = |seed: usize, dims: (usize, usize)| {
+        let n = dims.0 * dims.1;
+        Tensor::from_slice(&values(n + seed)[seed..], dims, &dev).unwrap()
+    };
+    let grad_of = |loss: Tensor| -> Vec<f32> {
+        let grads = loss.sum_all().unwrap().backward().unwrap();
+        let g = grads.get(s).unwrap();
+        assert_eq!(g.dims(), &[6, 8]);
+        g.flatten_all().unwrap().to_vec1().unwrap()
+    };
+    // what each use hands src: its coefficients in its range, zeros elsewhere
+    let padded = |c: &Tensor, dim: usize, start: usize| -> Vec<f32> {
+        let mut out = vec![0f32; 48];
+        let (r, k) = c.dims2().unwrap();
+        let cv: Vec<f32> = c.flatten_all().unwrap().to_vec1().unwrap();
+        for i in 0..r {
+            for j in 0..k {
+                let (a, b) = if dim == 0 {
+                    (i + start, j)
+                } else {
+                    (i, j + start)
+                };
+                out[a * 8 + b] = cv[i * k + j];
+            }
+        }
+        out
+    };
+    let add = |parts: &[Vec<f32>]| -> Vec<f32> {
+        (0..48).map(|i| parts.iter().map(|p| p[i]).sum()).collect()
+    };
+    // sum(t * c) over uses, as one loss
+    let loss_of = |uses: &[(Tensor, &Tensor)]| -> Tensor {
+        let terms: Vec<Tensor> = uses
+            .iter()
+            .map(|(t, c)| (t * *c).unwrap().sum_all().unwrap())
+            .collect();
+        Tensor::stack(&terms, 0).unwrap()
+    };
+    for dim in [0, 1] {
+        let part = |start: usize, len: usize| s.narrow(dim, start, len).unwrap();
+        let c_dims = |len: usize| if dim == 0 { (len, 8) } else { (6, len) };
+        let (ca, cb, cc) = (coef(1, c_dims(2)), coef(2, c_dims(2)), coef(3, c_dims(2)));
+        // disjoint thirds, used in the order v, q, k
+        let loss = loss_of(&[(part(4, 2), &cc), (part(0, 2), &ca), (part(2, 2), &cb)]);
+        let want = add(&[
+            padded(&ca, dim, 0),
+            padded(&cb, dim, 2),
+            padded(&cc, dim, 4),
+        ]);
+        assert_eq!(grad_of(loss), want, "disjoint, dim {dim}");
+        // overlapping: [1, 4) and [2, 5), plus [0, 1)
+        let (c3, c3b, c1) = (coef(4, c_dims(3)), coef(5, c_dims(3)), coef(6, c_dims(1)));
+        let loss = loss_of(&[(part(1, 3), &c3), (part(2, 3), &c3b), (part(0, 1), &c1)]);
+        let want = add(&[
+            padded(&c3, dim, 1),
+            padded(&c3b, dim, 2),
+            padded(&c1, dim, 0),
+        ]);
+        assert_eq!(grad_of(loss), want, "overlapping, dim {dim}");
+        // whole as well as narrowed
+        let whole = coef(7, (6, 8));
+        let loss = loss_of(&[(part(0, 2), &ca), (s.clone(), &whole), (part(4, 2), &cc)]);
+        let whole_v: Vec<f32> = whole.flatten_all().unwrap().to_vec1().unwrap();
+        let want = add(&[padded(&ca, dim, 0), whole_v, padded(&cc, dim, 4)]);
+        assert_eq!(grad_of(loss), want, "whole and narrowed, dim {dim}");
+    }
 }

@@ -443,8 +443,25 @@ impl Tensor {
                         let lhs_grad = grad.matmul(&rhs.t()?)?;
                         grads.accumulate(lhs, &lhs_grad)?;
 
-                        let rhs_grad = lhs.t()?.matmul(&grad)?;
-                        grads.accumulate(rhs, &rhs_grad)?;
+                        match rhs.op() {
+                            // minisora patch: `rhs` is a matrix transposed, as
+                            // in a linear layer's `x W^T`. Upstream computes
+                            // `lhs^T grad` and the transpose's rule hands W a
+                            // transposed view of it, which then has to be
+                            // copied to W's layout. `grad^T lhs` is that
+                            // product already in W's layout; gemm adds the
+                            // same products in the same order either way.
+                            Some(Op::Transpose(_, d1, d2))
+                                if d1 != d2 && rhs.rank() == 2 && lhs.rank() == 2 =>
+                            {
+                                let rhs_grad = grad.t()?.matmul(lhs)?.t()?;
+                                grads.accumulate_view(rhs, &rhs_grad)?;
+                            }
+                            _ => {
+                                let rhs_grad = lhs.t()?.matmul(&grad)?;
+                                grads.accumulate(rhs, &rhs_grad)?;
+                            }
+                        }
                     }
                     Op::Cat(args, dim) => {
                         let mut start_idx = 0;
@@ -535,6 +552,14 @@ impl Tensor {
                         *sum_grad = sum_grad.sub(&grad)?
                     }
                     &Op::Narrow(ref arg, dim, start_idx, len) => {
+                        // minisora patch: a gradient this rule padded with
+                        // zeros takes a later narrow's gradient into its
+                        // zeros in place (q, k and v narrowed from one
+                        // tensor: one padded copy instead of three and two
+                        // full adds)
+                        if grads.fill_padding(arg, dim, start_idx, &grad)? {
+                            continue;
+                        }
                         let arg_dims = arg.dims();
                         let left_pad = if start_idx == 0 {
                             None
@@ -557,7 +582,10 @@ impl Tensor {
                             (None, Some(r)) => Tensor::cat(&[&grad, &r], dim)?,
                             (Some(l), Some(r)) => Tensor::cat(&[&l, &grad, &r], dim)?,
                         };
-                        grads.accumulate(arg, &arg_grad)?
+                        grads.accumulate(arg, &arg_grad)?;
+                        if len < arg_dims[dim] {
+                            grads.note_padding(arg, &arg_grad, dim, start_idx, len);
+                        }
                     }
                     Op::Unary(_, UnaryOp::Floor)
                     | Op::Unary(_, UnaryOp::Round)
@@ -684,7 +712,18 @@ impl Tensor {
 
 /// A store for gradients, associating a tensor id to the corresponding gradient tensor, used for back propagation.
 #[derive(Default, Debug)]
-pub struct GradStore(HashMap<TensorId, Tensor>);
+pub struct GradStore(HashMap<TensorId, Tensor>, HashMap<TensorId, Padding>);
+
+/// Where a gradient that the narrow rule made is still its zero padding
+/// (minisora patch): the tensor's id (valid while the store holds that very
+/// tensor, which nothing else has seen), the narrowed dim, and its zero
+/// ranges along it.
+#[derive(Debug)]
+struct Padding {
+    grad: TensorId,
+    dim: usize,
+    zeros: Vec<std::ops::Range<usize>>,
+}
 
 impl GradStore {
     /// Create a new gradient store
@@ -704,6 +743,7 @@ impl GradStore {
 
     /// Remove the gradient tensor associated with the given tensor, returning it if it exists
     pub fn remove(&mut self, tensor: &Tensor) -> Option<Tensor> {
+        self.1.remove(&tensor.id());
         self.0.remove(&tensor.id())
     }
 
@@ -736,6 +776,17 @@ impl GradStore {
     /// were a full write and a full read-read-write per graph edge, about a
     /// tenth of a CPU training step.)
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
+        self.store_or_add(tensor, grad, true)
+    }
+
+    /// [`Self::accumulate`] without making the first gradient contiguous: for
+    /// a node whose only rule reads its gradient through a view (a
+    /// transpose). (minisora patch)
+    fn accumulate_view(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
+        self.store_or_add(tensor, grad, false)
+    }
+
+    fn store_or_add(&mut self, tensor: &Tensor, grad: &Tensor, contiguous: bool) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
                 let sum = entry.get().add(grad)?;
@@ -751,10 +802,59 @@ impl GradStore {
                     }
                     .bt())?
                 }
-                entry.insert(grad.contiguous()?);
+                entry.insert(if contiguous {
+                    grad.contiguous()?
+                } else {
+                    grad.clone()
+                });
             }
         }
         Ok(())
+    }
+
+    /// Records that the gradient just stored for `arg` is `grad`, the narrow
+    /// rule's padding of a gradient into `[start, start + len)` of `dim`,
+    /// so that [`Self::fill_padding`] may write into its zeros. (minisora
+    /// patch)
+    fn note_padding(&mut self, arg: &Tensor, grad: &Tensor, dim: usize, start: usize, len: usize) {
+        // only a tensor this rule made and stored as it is: not a sum, not
+        // a gradient shared with another node
+        if self.0.get(&arg.id()).map(|g| g.id()) != Some(grad.id()) || !grad.is_contiguous() {
+            return;
+        }
+        let zeros = [0..start, start + len..arg.dims()[dim]]
+            .into_iter()
+            .filter(|r| !r.is_empty())
+            .collect();
+        self.1.insert(
+            arg.id(),
+            Padding {
+                grad: grad.id(),
+                dim,
+                zeros,
+            },
+        );
+    }
+
+    /// Writes `grad`, a narrow's gradient at `start` of `dim`, into the zeros
+    /// of the gradient stored for `arg`, in place, when that is a padding
+    /// [`Self::note_padding`] recorded and the range is still all zeros
+    /// there; returns whether it did (else nothing is changed). Only the
+    /// store holds that tensor, and no rule reads it before the rules of
+    /// all of `arg`'s consumers have run. (minisora patch)
+    fn fill_padding(&mut self, arg: &Tensor, dim: usize, start: usize, grad: &Tensor) -> Result<bool> {
+        let (Some(stored), Some(pad)) = (self.0.get(&arg.id()), self.1.get_mut(&arg.id())) else {
+            return Ok(false);
+        };
+        let end = start + grad.dims()[dim];
+        let within = pad.zeros.iter().position(|r| r.start <= start && end <= r.end);
+        let Some(i) = within.filter(|_| pad.grad == stored.id() && pad.dim == dim) else {
+            return Ok(false);
+        };
+        stored.slice_set(&grad.contiguous()?, dim, start)?;
+        let r = pad.zeros.swap_remove(i);
+        pad.zeros.extend([r.start..start, end..r.end].into_iter().filter(|r| !r.is_empty()));
+        Ok(true)
     }
 
     /// Subtracts `grad` from the gradient stored for `tensor` (its negation
