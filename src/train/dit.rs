@@ -271,7 +271,7 @@ pub struct DitJob<'a> {
     /// the model predicts the same noisy latent under it too;
     /// the term is `relu(margin - (err_rival - err_caption))`, each error
     /// the clip's mean squared velocity error, averaged over the batch. It
-    /// costs a second forward and backward of every clip.
+    /// costs a second forward and backward of every clip it applies to.
     pub contrast: f64,
     /// The margin of that term, in mean squared velocity error.
     pub contrast_margin: f64,
@@ -280,6 +280,43 @@ pub struct DitJob<'a> {
     /// the job's, its weights (the moving average) start both the trained
     /// and the averaged weights, and the optimiser starts afresh.
     pub init: Option<&'a Path>,
+}
+
+/// The rival-caption ranking term of one shard ([`DitJob::contrast`]):
+/// `sum over rows of relu(margin - (err_rival - err_caption)) / B`, where
+/// `rows` are the clips the term applies to, `rival_ids` their rival
+/// captions `(rows, L)` flattened, `v` the velocities predicted under the
+/// clips' own captions, and `B` the shard's clip count. Returns the term
+/// and the summed gap of those clips.
+///
+/// Only those clips go through the second forward and backward. The term is
+/// what the same sum over every clip of the shard, the others masked to
+/// zero, comes to, bit for bit: a clip's prediction depends on its own
+/// inputs only, and a masked clip hands every sum a zero gradient.
+fn rival_rank(
+    model: &TextToVideo,
+    (x_t, estimate, t, target): (&Tensor, Option<&Tensor>, &Tensor, &Tensor),
+    (v, rows, rival_ids): (&Tensor, &[u32], Vec<u32>),
+    max_len: usize,
+    margin: f64,
+) -> Result<(Tensor, f64)> {
+    let len = x_t.dim(0)?;
+    if rows.is_empty() {
+        return Ok((Tensor::zeros((), DType::F32, x_t.device())?, 0.0));
+    }
+    let device = x_t.device();
+    let idx = Tensor::from_slice(rows, rows.len(), device)?;
+    let pick = |x: &Tensor| x.index_select(&idx, 0);
+    let estimate = estimate.map(pick).transpose()?;
+    let rival_ids = Tensor::from_vec(rival_ids, (rows.len(), max_len), device)?;
+    let rival = model.encode(&rival_ids)?;
+    let v_rival = model.velocity_for(&rival, &pick(x_t)?, estimate.as_ref(), &pick(t)?)?;
+    let per_clip = |v: &Tensor, target: &Tensor| (v - target)?.sqr()?.flatten_from(1)?.mean(1);
+    let gap =
+        (per_clip(&v_rival, &pick(target)?)? - per_clip(v, target)?.index_select(&idx, 0)?)?;
+    let rank = (gap.affine(-1.0, margin)?.relu()?.sum_all()? / len as f64)?;
+    let gap_sum = gap.sum_all()?.to_scalar::<f32>()? as f64;
+    Ok((rank, gap_sum))
 }
 
 /// The vocabulary a run trains with: the data's own, or for a fine-tune the
@@ -625,10 +662,10 @@ pub fn train(
             }
             // each clip also under one rival caption; a clip without one (its
             // caption dropped or not of the grammar, or its time under
-            // CONTRAST_FROM) reads its own caption there and is masked out
+            // CONTRAST_FROM) is left out of the term
             let times = t.to_vec1::<f32>()?;
             let mut rival_ids = Vec::with_capacity(len * tokenizer.max_len);
-            let mut mask = Vec::with_capacity(len);
+            let mut rows = Vec::with_capacity(len);
             for (j, caption) in captions.iter().enumerate() {
                 let id = step * run.batch as u64 + (first + j) as u64;
                 let rivals = if dropped[first + j] || times[j] < CONTRAST_FROM {
@@ -638,31 +675,25 @@ pub fn train(
                 };
                 let pick = (!rivals.is_empty())
                     .then(|| &rivals[Rng::derive(run.seed ^ 0xc0ffee, id).below(rivals.len())]);
-                let rival = match pick.map(|r| tokenizer.encode(r)) {
-                    Some(Ok(rival)) => Some(rival),
-                    _ => None,
-                };
-                mask.push(if rival.is_some() { 1f32 } else { 0.0 });
-                let own = &words[j * tokenizer.max_len..(j + 1) * tokenizer.max_len];
-                rival_ids.extend_from_slice(rival.as_deref().unwrap_or(own));
+                if let Some(Ok(rival)) = pick.map(|r| tokenizer.encode(r)) {
+                    rival_ids.extend(rival);
+                    rows.push(j as u32);
+                }
             }
-            let rival_ids = Tensor::from_vec(rival_ids, (len, tokenizer.max_len), device)?;
-            let rival = model.encode(&rival_ids)?;
-            let v_rival = model.velocity_for(&rival, &x_t, estimate.as_ref(), &t)?;
-            let per_clip = |v: &Tensor| (v - &target)?.sqr()?.flatten_from(1)?.mean(1);
-            let gap = (per_clip(&v_rival)? - per_clip(&v)?)?;
-            let mask = Tensor::from_vec(mask, len, device)?;
-            let rank = (gap.affine(-1.0, job.contrast_margin)?.relu()? * &mask)?.mean_all()?;
+            let (rank, gap_sum) = rival_rank(
+                &model,
+                (&x_t, estimate.as_ref(), &t, &target),
+                (&v, &rows, rival_ids),
+                tokenizer.max_len,
+                job.contrast_margin,
+            )?;
             // per clip of the shard, so that the mean over shards is the
             // batch's whatever its split: the term, the summed gap of the
             // clips it applies to, and their share
-            let per_row = |x: Tensor| -> Result<f64> {
-                Ok(x.sum_all()?.to_scalar::<f32>()? as f64 / len as f64)
-            };
             let figures = vec![
                 rank.to_scalar::<f32>()? as f64,
-                per_row((gap.detach() * &mask)?)?,
-                per_row(mask)?,
+                gap_sum / len as f64,
+                rows.len() as f64 / len as f64,
             ];
             Ok(ShardLoss {
                 loss: (loss + (rank * job.contrast)?)?,
