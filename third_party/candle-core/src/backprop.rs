@@ -848,7 +848,8 @@ impl GradStore {
         };
         let end = start + grad.dims()[dim];
         let within = pad.zeros.iter().position(|r| r.start <= start && end <= r.end);
-        let Some(i) = within.filter(|_| pad.grad == stored.id() && pad.dim == dim) else {
+        let valid = pad.grad == stored.id() && pad.dim == dim && !stored.same_storage(grad);
+        let Some(i) = within.filter(|_| valid) else {
             return Ok(false);
         };
         stored.slice_set(&grad.contiguous()?, dim, start)?;
