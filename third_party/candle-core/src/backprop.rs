@@ -556,8 +556,9 @@ impl Tensor {
                         // zeros takes a later narrow's gradient into its
                         // zeros in place (q, k and v narrowed from one
                         // tensor: one padded copy instead of three and two
-                        // full adds)
-                        if grads.fill_padding(arg, dim, start_idx, &grad)? {
+                        // full adds). Not when gradients keep their graph
+                        // (a tensor's values must then match its op).
+                        if !do_not_detach && grads.fill_padding(arg, dim, start_idx, &grad)? {
                             continue;
                         }
                         let arg_dims = arg.dims();
@@ -583,7 +584,7 @@ impl Tensor {
                             (Some(l), Some(r)) => Tensor::cat(&[&l, &grad, &r], dim)?,
                         };
                         grads.accumulate(arg, &arg_grad)?;
-                        if len < arg_dims[dim] {
+                        if len < arg_dims[dim] && !do_not_detach {
                             grads.note_padding(arg, &arg_grad, dim, start_idx, len);
                         }
                     }
