@@ -312,40 +312,31 @@ fn gradients_through_narrows_fill_one_tensor() {
     let add = |parts: &[Vec<f32>]| -> Vec<f32> {
         (0..48).map(|i| parts.iter().map(|p| p[i]).sum()).collect()
     };
-    // sum(t * c) over uses, as one loss
-    let loss_of = |uses: &[(Tensor, &Tensor)]| -> Tensor {
-        let terms: Vec<Tensor> = uses
-            .iter()
-            .map(|(t, c)| (t * *c).unwrap().sum_all().unwrap())
-            .collect();
-        Tensor::stack(&terms, 0).unwrap()
+    // uses as (start, len, seed) along dim, each summed times its own
+    // coefficients, plus src used whole (times coefficients of `whole`)
+    let check = |dim: usize, uses: &[(usize, usize, usize)], whole: Option<usize>, what: &str| {
+        let mut terms = Vec::new();
+        let mut parts = Vec::new();
+        for &(start, len, seed) in uses {
+            let c = coef(seed, if dim == 0 { (len, 8) } else { (6, len) });
+            let t = s.narrow(dim, start, len).unwrap();
+            terms.push((t * &c).unwrap().sum_all().unwrap());
+            parts.push(padded(&c, dim, start));
+        }
+        if let Some(seed) = whole {
+            let c = coef(seed, (6, 8));
+            terms.push((s * &c).unwrap().sum_all().unwrap());
+            parts.push(c.flatten_all().unwrap().to_vec1().unwrap());
+        }
+        let loss = Tensor::stack(&terms, 0).unwrap();
+        assert_eq!(grad_of(loss), add(&parts), "{what}, dim {dim}");
     };
     for dim in [0, 1] {
-        let part = |start: usize, len: usize| s.narrow(dim, start, len).unwrap();
-        let c_dims = |len: usize| if dim == 0 { (len, 8) } else { (6, len) };
-        let (ca, cb, cc) = (coef(1, c_dims(2)), coef(2, c_dims(2)), coef(3, c_dims(2)));
         // disjoint thirds, used in the order v, q, k
-        let loss = loss_of(&[(part(4, 2), &cc), (part(0, 2), &ca), (part(2, 2), &cb)]);
-        let want = add(&[
-            padded(&ca, dim, 0),
-            padded(&cb, dim, 2),
-            padded(&cc, dim, 4),
-        ]);
-        assert_eq!(grad_of(loss), want, "disjoint, dim {dim}");
+        check(dim, &[(4, 2, 3), (0, 2, 1), (2, 2, 2)], None, "disjoint");
         // overlapping: [1, 4) and [2, 5), plus [0, 1)
-        let (c3, c3b, c1) = (coef(4, c_dims(3)), coef(5, c_dims(3)), coef(6, c_dims(1)));
-        let loss = loss_of(&[(part(1, 3), &c3), (part(2, 3), &c3b), (part(0, 1), &c1)]);
-        let want = add(&[
-            padded(&c3, dim, 1),
-            padded(&c3b, dim, 2),
-            padded(&c1, dim, 0),
-        ]);
-        assert_eq!(grad_of(loss), want, "overlapping, dim {dim}");
+        check(dim, &[(1, 3, 4), (2, 3, 5), (0, 1, 6)], None, "overlapping");
         // whole as well as narrowed
-        let whole = coef(7, (6, 8));
-        let loss = loss_of(&[(part(0, 2), &ca), (s.clone(), &whole), (part(4, 2), &cc)]);
-        let whole_v: Vec<f32> = whole.flatten_all().unwrap().to_vec1().unwrap();
-        let want = add(&[padded(&ca, dim, 0), whole_v, padded(&cc, dim, 4)]);
-        assert_eq!(grad_of(loss), want, "whole and narrowed, dim {dim}");
+        check(dim, &[(0, 2, 1), (4, 2, 3)], Some(7), "whole and narrowed");
     }
 }
