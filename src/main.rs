@@ -1090,7 +1090,9 @@ const DIT_STEPS: u64 = 11800;
 /// model's, where the grammar's own draw is one half (samples/model/card.md).
 const DIT_TWO_OBJECTS: f64 = 0.65;
 /// `train model`'s last stage, the rival-contrast fine-tune, as the shipped
-/// model was tuned (samples/model/card.md, "Rival contrast").
+/// model was tuned (samples/model/card.md, "Rival contrast"). 750 and 2250
+/// steps on the same DiT stage passed fewer prompts (the card, "The
+/// contrast stage's length").
 const CONTRAST_STEPS: u64 = 1500;
 const CONTRAST_LR: f64 = 2e-4;
 const CONTRAST_WARMUP: u64 = 50;
