@@ -556,9 +556,10 @@ impl Tensor {
                         // zeros takes a later narrow's gradient into its
                         // zeros in place (q, k and v narrowed from one
                         // tensor: one padded copy instead of three and two
-                        // full adds). Not when gradients keep their graph
-                        // (a tensor's values must then match its op).
-                        if !do_not_detach && grads.fill_padding(arg, dim, start_idx, &grad)? {
+                        // full adds). Nothing is noted, so nothing filled,
+                        // when gradients keep their graph (a tensor's
+                        // values must then match its op).
+                        if grads.fill_padding(arg, dim, start_idx, &grad)? {
                             continue;
                         }
                         let arg_dims = arg.dims();
