@@ -1078,21 +1078,21 @@ const DIT_TIME_SHIFT: f64 = 3.0;
 /// Share of the DiT's training times drawn without the shift.
 const DIT_TIME_MIX: f64 = 0.0;
 /// The shipped model's training lengths: the shipped weights are `train
-/// model`'s with these (samples/model/card.md, "One command"). With the
-/// rival-contrast stage ([`CONTRAST_STEPS`]) after the DiT's, that run took
-/// 120.6 and 95.1 minutes alone on the machine of two 2026-12-07 sessions
-/// (over issue 5's 90); at an earlier session's stage rates it would take
-/// about 76. A DiT stage of 10300 steps made a model passing 57.5% of
-/// two-object prompts (bar 60%) where these pass 61.0%.
+/// model`'s with these (samples/model/card.md, "How it was made"). With
+/// the rival-contrast stage ([`CONTRAST_STEPS`]) after the DiT's, that run
+/// took 120.6, 95.1 and 115.5 minutes alone on the machine of three
+/// 2026-12-07 sessions (over issue 5's 90). A DiT stage of 10300 steps
+/// made a model passing 57.5% of two-object prompts (bar 60%) where these
+/// pass 61.0%.
 const VAE_STEPS: u64 = 8400;
 const DIT_STEPS: u64 = 11800;
 /// Share of two-object captions in the DiT's Shapes World clips: the shipped
-/// model's, where the grammar's own draw is one half (samples/model/card.md).
+/// model's, where the grammar's own draw is one half (samples/model/history.md).
 const DIT_TWO_OBJECTS: f64 = 0.65;
 /// `train model`'s last stage, the rival-contrast fine-tune, as the shipped
-/// model was tuned (samples/model/card.md, "Rival contrast"). 750 and 2250
-/// steps on the same DiT stage passed fewer prompts (the card, "The
-/// contrast stage's length").
+/// model was tuned (samples/model/history.md, "Rival contrast"). 750 and
+/// 2250 steps on the same DiT stage passed fewer prompts (the same file,
+/// "The contrast stage's length").
 const CONTRAST_STEPS: u64 = 1500;
 const CONTRAST_LR: f64 = 2e-4;
 const CONTRAST_WARMUP: u64 = 50;
@@ -1139,7 +1139,7 @@ fn two_objects_for(
 }
 /// The DiT's peak learning rate (`train dit` and `train model`). A full run
 /// at 1.5e-3 ended with a lower loss and the same prompt adherence
-/// (samples/model/card.md, "What was tried").
+/// (samples/model/history.md, "Its prompt adherence, and what was tried on it").
 const DIT_LR: f64 = 7e-4;
 
 fn train_vae(args: TrainVaeArgs) -> Result<()> {

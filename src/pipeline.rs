@@ -327,10 +327,11 @@ const SCORE_ROWS: usize = 128;
 /// The times [`prompt_scores`] noises a latent to: [`SCORE_DRAWS`] spread
 /// evenly over `(0.5, 1)`. The high half only, because that is where the
 /// layout (how many objects, where, how large) is decided and what the
-/// other half sees of it is mostly edges: on the shipped model's 200 + 200
-/// eval prompts with 7 candidates each, scoring over `t >= 0.5` kept a
-/// passing two-object clip 51% of the time, over `t < 0.5` 44%, and a
-/// candidate drawn at random passes 43% (samples/model/card.md).
+/// other half sees of it is mostly edges: on the 200 two-object eval
+/// prompts of the model shipped 2026-12-06, 8 candidates each, scoring
+/// over `t >= 0.5` kept a passing clip 52.0% of the time, over `t < 0.5`
+/// 42.5%, and a candidate drawn at random passes 42.2%
+/// (samples/model/history.md, "Sampling: four candidates").
 pub fn score_times() -> Vec<f32> {
     let k = SCORE_DRAWS as f64;
     (0..SCORE_DRAWS)

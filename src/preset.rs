@@ -45,7 +45,7 @@ pub const NAMES: &[&str] = &["default", "S", "B", "L", "XL", "tiny"];
 /// reconstructs 1.4 dB better, but the DiT trained on an 8-channel latent
 /// by the same 90-minute recipe got an object's shape right 62% of the time
 /// instead of 49%, and passed 67.5% of one-object prompts instead of 59%
-/// (`samples/model/card.md`).
+/// (`samples/model/history.md`).
 pub const MODEL_LATENT_CHANNELS: usize = 8;
 
 /// A compression network's factors: the standalone default one (see
@@ -96,10 +96,11 @@ pub fn preset(name: &str) -> Result<Preset> {
             // latent cell wide: 64 tokens, each a 4x4-pixel place over all
             // 16 frames, so motion lies inside each token's own output
             // (2x2x2 tubelets, also 64 tokens, made objects jump between
-            // groups of 4 frames: samples/model/card.md)
-            // self-conditioning, as the shipped model was trained: its
-            // weights pass 48.0% of two-object prompts (the model before,
-            // 38.5%), but a second seed passed 35.5% (samples/model/card.md)
+            // groups of 4 frames: samples/model/history.md)
+            // self-conditioning, as the shipped model is trained: the
+            // model shipped 2026-12-06 passed 48.0% of two-object prompts
+            // with it (the model before, 38.5%), but a second seed of its
+            // recipe passed 35.5% (samples/model/history.md)
             DitConfig {
                 latent_channels: MODEL_LATENT_CHANNELS,
                 patch: PatchSize { t: 8, h: 1, w: 1 },

@@ -29,7 +29,7 @@
 //! (`RAYON_NUM_THREADS=2` before this change) made four busy threads on
 //! two cores and halved the rate. Against plain threads, the same losses
 //! at every step and about 3% more DiT steps/s, 1.94-1.96 cores busy
-//! instead of 1.82-1.87 (samples/model/card.md, "A second clean timing").
+//! instead of 1.82-1.87 (samples/model/history.md, "A second clean timing").
 
 use std::thread;
 
