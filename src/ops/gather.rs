@@ -20,27 +20,25 @@ struct Scatter {
 }
 
 /// Calls `f(at, slot, from)` for every position `at` of `(N, H, W)`
-/// (flattened) and every neighbour `from` inside the grid, `slot` being the
-/// neighbour's place `ky * kw + kx` in the `kh x kw` window centred on `at`.
-fn for_each_neighbour(
+/// (flattened) and every `slot` `ky * kw + kx` of the `kh x kw` window
+/// centred on it, in that order (`at` major): `from` is the neighbour's
+/// position, `None` where the slot falls outside the grid.
+fn for_each_slot(
     [n, h, w]: [usize; 3],
     kh: usize,
     kw: usize,
-    mut f: impl FnMut(usize, usize, usize),
+    mut f: impl FnMut(usize, usize, Option<usize>),
 ) {
     for b in 0..n {
         for y in 0..h {
             for x in 0..w {
                 let at = (b * h + y) * w + x;
                 for ky in 0..kh {
-                    let Some(sy) = (y + ky).checked_sub(kh / 2).filter(|&v| v < h) else {
-                        continue;
-                    };
+                    let sy = (y + ky).checked_sub(kh / 2).filter(|&v| v < h);
                     for kx in 0..kw {
-                        let Some(sx) = (x + kx).checked_sub(kw / 2).filter(|&v| v < w) else {
-                            continue;
-                        };
-                        f(at, ky * kw + kx, (b * h + sy) * w + sx);
+                        let sx = (x + kx).checked_sub(kw / 2).filter(|&v| v < w);
+                        let from = sy.zip(sx).map(|(sy, sx)| (b * h + sy) * w + sx);
+                        f(at, ky * kw + kx, from);
                     }
                 }
             }
@@ -76,10 +74,17 @@ impl CustomOp1 for Gather {
         let (n, h, w, d) = dims4(l.shape())?;
         let (kh, kw) = (self.kh, self.kw);
         let k = kh * kw;
-        let mut out = vec![0f32; n * h * w * k * d];
-        for_each_neighbour([n, h, w], self.kh, self.kw, |at, slot, from| {
-            let o = (at * k + slot) * d;
-            out[o..o + d].copy_from_slice(&x[from * d..from * d + d]);
+        // every slot written once, in order: its neighbour's channels, or
+        // zeros outside the grid. Zero-filling the whole output first was
+        // more than half of the op's perf samples in the autoencoder's
+        // training (the op 5.4% of all, 3.2% the memset; now 3.2% and 0.25%)
+        let mut out = Vec::with_capacity(n * h * w * k * d);
+        for_each_slot([n, h, w], kh, kw, |at, slot, from| {
+            debug_assert_eq!(out.len(), (at * k + slot) * d);
+            match from {
+                Some(from) => out.extend_from_slice(&x[from * d..from * d + d]),
+                None => out.resize(out.len() + d, 0.0),
+            }
         });
         Ok((CpuStorage::F32(out), Shape::from((n, h, w, k * d))))
     }
@@ -110,7 +115,8 @@ impl CustomOp1 for Scatter {
         let k = kh * kw;
         let d = kd / k;
         let mut out = vec![0f32; n * h * w * d];
-        for_each_neighbour([n, h, w], self.kh, self.kw, |at, slot, from| {
+        for_each_slot([n, h, w], kh, kw, |at, slot, from| {
+            let Some(from) = from else { return };
             let o = (at * k + slot) * d;
             for (acc, v) in out[from * d..from * d + d].iter_mut().zip(&g[o..o + d]) {
                 *acc += v;
